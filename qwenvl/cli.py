@@ -1,0 +1,88 @@
+"""Command line: `qwenvl <subcommand>`. Answers go to stdout; logs and timings to stderr."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("qwenvl")
+
+
+class CLIError(Exception):
+    """An expected failure: printed as one line, exit status 2."""
+
+
+def _cache_dir() -> Path:
+    import os
+    return Path(os.environ.get("QWENVL_CACHE", Path.home() / ".cache" / "qwenvl"))
+
+
+def cmd_demo(args) -> int:
+    """Main job until the embedded model ships: make a tiny random checkpoint, load it, run image + text."""
+    import torch
+
+    import qwenvl
+    from qwenvl.generate import greedy
+    from qwenvl.tiny import make_random_checkpoint
+
+    path = Path(args.model) if args.model else _cache_dir() / "tiny-random"
+    if not args.model and not (path / "config.json").is_file():
+        make_random_checkpoint(path, seed=0)
+    if not args.model:
+        print("NOTE: this demo runs a tiny RANDOMLY INITIALISED Qwen2.5-VL checkpoint generated on this machine "
+              f"({path}); its answers are noise until the embedded trained model ships.", file=sys.stderr)
+    t0 = time.perf_counter()
+    vlm = qwenvl.load(path, dtype=args.dtype)
+    print(f"loaded {vlm.config.num_parameters / 1e6:.2f}M parameters ({vlm.dtype}) in "
+          f"{time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    tok, c = vlm.tokenizer, vlm.config
+    grid = (1, 16, 16)  # one 224x224 image = 256 patches -> 64 visual tokens
+    n_vis = grid[0] * grid[1] * grid[2] // 4
+    prompt = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+              + "<|image_pad|>" * n_vis + "<|vision_end|>" + args.prompt + "<|im_end|>\n<|im_start|>assistant\n")
+    ids = torch.tensor([tok.encode(prompt)])
+    g = torch.Generator().manual_seed(0)
+    batch = qwenvl.Batch(input_ids=ids, attention_mask=torch.ones_like(ids),
+                         pixel_values=torch.randn(256, c.vision.patch_dim, generator=g),
+                         image_grid_thw=torch.tensor([grid]))
+    t0 = time.perf_counter()
+    out = greedy(vlm.model, batch, args.max_new_tokens, {tok.im_end_id, tok.special_ids["<|endoftext|>"]})[0]
+    dt = time.perf_counter() - t0
+    print(tok.decode(out, skip_special_tokens=True))
+    print(f"prompt {ids.shape[1]} tokens ({n_vis} visual), {len(out)} new tokens in {dt:.2f} s", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qwenvl", description="Run, serve, fine-tune and evaluate Qwen2.5-VL.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="run the main job on a tiny generated checkpoint")
+    d.add_argument("-m", "--model", help="checkpoint directory (default: a tiny random one made on first use)")
+    d.add_argument("--prompt", default="Describe this image.")
+    d.add_argument("--max-new-tokens", type=int, default=16)
+    d.add_argument("--dtype", default=None, help="bfloat16 | float32 (default: the checkpoint's)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (CLIError, FileNotFoundError, ValueError, KeyError, OSError, MemoryError) as e:
+        if args.debug:
+            raise
+        msg = str(e) if not isinstance(e, MemoryError) else "out of memory; try a smaller model, dtype or input"
+        print(f"qwenvl: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

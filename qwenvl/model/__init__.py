@@ -1,0 +1,3 @@
+from .qwenvl import QwenVL
+
+__all__ = ["QwenVL"]

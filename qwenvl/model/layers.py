@@ -1,0 +1,67 @@
+"""Leaf modules and rotary helpers shared by both towers (reference.md §5.5, §6.2, §9.2)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Statistics in fp32, cast back to the input dtype, then the weight multiply (Qwen2RMSNorm numerics)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """NeoX-style rotation x*cos + rotate_half(x)*sin in the dtype of cos/sin, result in x's dtype."""
+    dtype = x.dtype
+    x = x.to(cos.dtype)
+    return (x * cos + rotate_half(x) * sin).to(dtype)
+
+
+def inv_freq(dim: int, theta: float, device=None) -> torch.Tensor:
+    """(dim/2,) float32 inverse frequencies 1/theta^(2j/dim), computed as the reference does."""
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
+
+
+def mrope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, mrope_section, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """MRoPE tables (B, T, head_dim) from (3, B, T) ids.
+
+    Frequency j of the half dim takes its position from component t for j < s0, h for j < s0+s1, w otherwise;
+    angles in fp32 (one product, as the reference), cos/sin cast to the model dtype.
+    """
+    freqs = inv_freq(head_dim, theta, position_ids.device)  # (D/2,)
+    s0, s1, s2 = mrope_section
+    comp = torch.cat([torch.full((s0,), 0), torch.full((s1,), 1), torch.full((s2,), 2)]).to(position_ids.device)
+    pos = position_ids.float()  # (3, B, T)
+    sel = pos[comp]  # (D/2, B, T): per frequency, the component it uses
+    ang = sel.permute(1, 2, 0) * freqs  # (B, T, D/2)
+    emb = torch.cat((ang, ang), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+class VisionMLP(nn.Module):
+    """SwiGLU with biases (vision blocks)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = True):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -1,0 +1,186 @@
+"""Load and save HF checkpoint directories (reference.md §2, style-and-ecosystem.md B.4).
+
+Loading is strict and shard by shard onto a model built on the meta device, so peak memory stays near the
+size of the weights. Both key layouts are read (original `visual.*`/`model.*`, and `model.visual.*`/
+`model.language_model.*` from transformers >= 4.52); saving writes the original layout, sharded with an index.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import QwenVLConfig
+from .model.qwenvl import QwenVL
+
+log = logging.getLogger(__name__)
+
+# (prefix in the file, prefix in our module tree): first match wins; one auditable table.
+PREFIX_RULES: tuple[tuple[str, str], ...] = (
+    ("model.visual.", "visual."),
+    ("model.language_model.", "model."),
+    ("language_model.model.", "model."),  # vLLM-style / bare-model saves
+    ("language_model.lm_head.", "lm_head."),
+    ("language_model.", "model."),
+    ("visual.", "visual."),
+    ("model.", "model."),
+    ("lm_head.", "lm_head."),
+)
+
+
+class CheckpointError(ValueError):
+    """The weights in a directory do not fit the model its config describes."""
+
+
+def canonical_key(key: str) -> str:
+    for src, dst in PREFIX_RULES:
+        if key.startswith(src):
+            return dst + key[len(src):]
+    return key
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).lower().removeprefix("torch.")
+    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+             "half": torch.float16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+    if name not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of bfloat16, float16, float32 (or a torch.dtype)")
+    return table[name]
+
+
+def shard_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory, checked to exist."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
+        files = sorted(set(weight_map.values()))
+        absent = [f for f in files if not (path / f).is_file()]
+        if absent:
+            raise CheckpointError(f"checkpoint {path} is incomplete: missing shard file(s) {', '.join(absent)} "
+                                  "listed in model.safetensors.index.json; download them again")
+        return [path / f for f in files]
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    found = sorted(path.glob("*.safetensors"))
+    if found:
+        return found
+    raise CheckpointError(f"no weights in {path}: expected model.safetensors or model-*.safetensors with "
+                          "model.safetensors.index.json (.bin checkpoints are not supported; convert to safetensors)")
+
+
+def _progress(iterable, total, desc):
+    if sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+            return tqdm(iterable, total=total, desc=desc, leave=False)
+        except ImportError:  # tqdm is a dependency, but never fail a load over a progress bar
+            pass
+    return iterable
+
+
+def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    mod_name, _, attr = name.rpartition(".")
+    mod = model.get_submodule(mod_name)
+    mod._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+
+
+def load_model(path: str | os.PathLike, config: QwenVLConfig | None = None, *, dtype=None, device=None) -> QwenVL:
+    """Build the model on the meta device and fill it from the directory's safetensors, strictly."""
+    path = Path(path)
+    config = config or QwenVLConfig.from_file(path)
+    dtype = parse_dtype(dtype) or parse_dtype(config.torch_dtype) or torch.float32
+    device = torch.device(device or "cpu")
+    t0 = time.perf_counter()
+    with torch.device("meta"):
+        model = QwenVL(config)
+    expected = {k: p.shape for k, p in model.named_parameters(remove_duplicate=False)}
+    tied = config.tie_word_embeddings
+    seen: set[str] = set()
+    unexpected, wrong_shape = [], []
+    files = shard_files(path)
+    for f in _progress(files, len(files), "Loading checkpoint shards"):
+        with safe_open(str(f), framework="pt", device="cpu") as sf:
+            for key in sf.keys():
+                name = canonical_key(key)
+                if tied and name == "lm_head.weight":
+                    continue  # tied to embed_tokens; the copy in the file is ignored as the reference does
+                if name not in expected:
+                    unexpected.append(key)
+                    continue
+                shape = tuple(sf.get_slice(key).get_shape())
+                if shape != tuple(expected[name]):
+                    wrong_shape.append(f"{key}: file {list(shape)} vs model {list(expected[name])}")
+                    continue
+                _set_tensor(model, name, sf.get_tensor(key).to(device=device, dtype=dtype))
+                seen.add(name)
+    missing = [k for k in expected if k not in seen and not (tied and k == "lm_head.weight")]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {_short(unexpected)}")
+        if wrong_shape:
+            parts.append(f"wrong shape {len(wrong_shape)}: {_short(wrong_shape)}")
+        raise CheckpointError(f"weights in {path} do not match its config.json ({'; '.join(parts)}). "
+                              "Check that the directory holds one complete Qwen2.5-VL checkpoint.")
+    model.tie_weights()
+    model.eval()
+    n = sum(p.numel() for p in model.parameters())
+    log.info("loaded %s: %.2fM parameters, %s, %s, %.1f s", path, n / 1e6, str(dtype).removeprefix("torch."),
+             device, time.perf_counter() - t0)
+    return model
+
+
+def _short(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def save_model(model: QwenVL, path: str | os.PathLike, *, max_shard_bytes: int = 5 * 1024**3) -> None:
+    """Write config.json and safetensors in the original HF layout (sharded with an index when large)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = model.config.to_hf()
+    cfg["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in state.items():
+        nbytes = v.numel() * v.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += nbytes
+    for old in list(path.glob("model*.safetensors")) + [path / "model.safetensors.index.json"]:
+        if old.exists():
+            old.unlink()
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], str(path / "model.safetensors"), metadata=meta)
+        return
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path / name), metadata=meta)
+        for k, v in shard.items():
+            weight_map[k] = name
+            total += v.numel() * v.element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
