@@ -1,6 +1,7 @@
 """Load and save HF checkpoint directories (reference.md §2, style-and-ecosystem.md B.4).
 
-Loading is strict and shard by shard onto a model built on the meta device, so peak memory stays near the
+Loading is strict and tensor by tensor (each read straight into its own buffer) onto a model built on the meta
+device, so peak memory stays near the
 size of the weights. Both key layouts are read (original `visual.*`/`model.*`, and `model.visual.*`/
 `model.language_model.*` from transformers >= 4.52); saving writes the original layout, sharded with an index.
 """
@@ -14,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -92,6 +92,66 @@ def _progress(iterable, total, desc):
     return iterable
 
 
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+class SafetensorsReader:
+    """Reads one tensor at a time straight into its own buffer (no mmap of the whole file), so loading keeps
+    resident memory near the size of the weights. Format: u64 header length, JSON header, raw little-endian data."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.f = open(path, "rb")
+        try:
+            n = int.from_bytes(self.f.read(8), "little")
+            if not 2 <= n <= 100 * 1024**2:
+                raise ValueError("bad header length")
+            header = json.loads(self.f.read(n))
+        except (ValueError, UnicodeDecodeError) as e:
+            self.f.close()
+            raise CheckpointError(f"{path} is not a valid safetensors file ({e}); download it again") from None
+        self.base = 8 + n
+        self._scratch: torch.Tensor | None = None
+        header.pop("__metadata__", None)
+        self.header = header
+
+    def keys(self):
+        return self.header.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.header[key]["shape"])
+
+    def get(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor `key`, converted to `dtype` if given. A conversion reads through one reused scratch buffer,
+        so no per-tensor temporaries fragment the heap."""
+        info = self.header[key]
+        file_dtype = _ST_DTYPES.get(info["dtype"])
+        if file_dtype is None:
+            raise CheckpointError(f"{self.path}: tensor {key} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        n = end - start
+        convert = dtype is not None and dtype != file_dtype
+        if convert:
+            if self._scratch is None or self._scratch.numel() < n:
+                self._scratch = torch.empty(n, dtype=torch.uint8)
+            buf = self._scratch[:n]
+        else:
+            buf = torch.empty(n, dtype=torch.uint8)
+        self.f.seek(self.base + start)
+        if n and self.f.readinto(memoryview(buf.numpy())) != n:
+            raise CheckpointError(f"{self.path} is truncated (tensor {key}); download it again")
+        t = buf.view(file_dtype).reshape(info["shape"])
+        return t.to(dtype) if convert else t
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
 def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     mod_name, _, attr = name.rpartition(".")
     mod = model.get_submodule(mod_name)
@@ -113,7 +173,7 @@ def load_model(path: str | os.PathLike, config: QwenVLConfig | None = None, *, d
     unexpected, wrong_shape = [], []
     files = shard_files(path)
     for f in _progress(files, len(files), "Loading checkpoint shards"):
-        with safe_open(str(f), framework="pt", device="cpu") as sf:
+        with SafetensorsReader(f) as sf:
             for key in sf.keys():
                 name = canonical_key(key)
                 if tied and name == "lm_head.weight":
@@ -121,11 +181,11 @@ def load_model(path: str | os.PathLike, config: QwenVLConfig | None = None, *, d
                 if name not in expected:
                     unexpected.append(key)
                     continue
-                shape = tuple(sf.get_slice(key).get_shape())
+                shape = sf.shape(key)
                 if shape != tuple(expected[name]):
                     wrong_shape.append(f"{key}: file {list(shape)} vs model {list(expected[name])}")
                     continue
-                _set_tensor(model, name, sf.get_tensor(key).to(device=device, dtype=dtype))
+                _set_tensor(model, name, sf.get(key, dtype).to(device))
                 seen.add(name)
     missing = [k for k in expected if k not in seen and not (tied and k == "lm_head.weight")]
     if missing or unexpected or wrong_shape:
