@@ -1,8 +1,7 @@
 """Load and save HF checkpoint directories (reference.md §2, style-and-ecosystem.md B.4).
 
 Loading is strict and tensor by tensor (each read straight into its own buffer) onto a model built on the meta
-device, so peak memory stays near the
-size of the weights. Both key layouts are read (original `visual.*`/`model.*`, and `model.visual.*`/
+device, so peak memory stays near the size of the weights. Both key layouts are read (original `visual.*`/`model.*`, and `model.visual.*`/
 `model.language_model.*` from transformers >= 4.52); saving writes the original layout, sharded with an index.
 """
 from __future__ import annotations
