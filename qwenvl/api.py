@@ -10,6 +10,7 @@ import torch
 
 from .batch import Batch
 from .config import QwenVLConfig
+from .processor import Processor
 from .tokenizer import Tokenizer
 from .weights import load_model, parse_dtype, save_model
 
@@ -65,8 +66,9 @@ def load(path: str | os.PathLike | None = None, *, dtype=None, device=None) -> V
     config = QwenVLConfig.from_file(path)
     tokenizer = Tokenizer.from_dir(path)
     _check_token_ids(config, tokenizer, path)
+    processor = Processor.from_dir(path, tokenizer, config)
     model = load_model(path, config, dtype=parse_dtype(dtype), device=device)
-    vlm = VLM(model, tokenizer, config, path)
+    vlm = VLM(model, tokenizer, config, path, processor)
     log.info("ready in %.1f s", time.perf_counter() - t0)
     return vlm
 

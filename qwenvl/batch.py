@@ -30,6 +30,7 @@ class Batch:
     video_grid_thw: torch.Tensor | None = None  # (n_videos, 3) int64
     second_per_grid_ts: torch.Tensor | None = None  # (n_videos,) float32: seconds per temporal patch
     media: list[list[MediaInfo]] = field(default_factory=list)  # per row, in prompt order
+    prompts: list[str] = field(default_factory=list)  # rendered prompt text per row (placeholders unexpanded)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Batch":

@@ -88,3 +88,43 @@ class InputBuilder:
 def reference_logits(model, inputs: dict) -> torch.Tensor:
     with torch.no_grad():
         return model(**inputs, use_cache=False).logits
+
+
+# ----------------------------------------------------------------------------- reference processor
+def hf_processor(tok, chat_template: str, min_pixels: int = 3136, max_pixels: int = 12845056):
+    """transformers 4.51.3 Qwen2_5_VLProcessor (slow image processor) around our test tokenizer."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2TokenizerFast, Qwen2VLImageProcessor
+
+    t = Qwen2TokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                           unk_token=None, bos_token=None)
+    t.padding_side = "left"
+    ip = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+    return Qwen2_5_VLProcessor(image_processor=ip, tokenizer=t, chat_template=chat_template)
+
+
+def qvu_smart_resize(h, w, factor=28, min_pixels=3136, max_pixels=12845056):
+    """qwen-vl-utils smart_resize written independently from reference.md §3.2 (test-side oracle)."""
+    import math
+    if max(h, w) / min(h, w) > 200:
+        raise ValueError("ratio")
+    hb, wb = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
+    if hb * wb > max_pixels:
+        beta = math.sqrt(h * w / max_pixels)
+        hb, wb = math.floor(h / beta / factor) * factor, math.floor(w / beta / factor) * factor
+    elif hb * wb < min_pixels:
+        beta = math.sqrt(min_pixels / (h * w))
+        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
+    return hb, wb
+
+
+def qvu_fetch_image(img, min_pixels=3136, max_pixels=12845056):
+    """qwen-vl-utils fetch_image on a PIL image: RGBA on white, smart_resize, PIL resize (default bicubic)."""
+    from PIL import Image
+    if img.mode == "RGBA":
+        white = Image.new("RGB", img.size, (255, 255, 255))
+        white.paste(img, mask=img.split()[3])
+        img = white
+    else:
+        img = img.convert("RGB")
+    h, w = qvu_smart_resize(img.height, img.width, min_pixels=min_pixels, max_pixels=max_pixels)
+    return img.resize((w, h))
