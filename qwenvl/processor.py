@@ -18,14 +18,15 @@ from . import chat_template
 from .batch import Batch, MediaInfo
 from .config import QwenVLConfig
 from .media import image as im
-from .media.common import MAX_DECODE_PIXELS, MAX_PIXELS, MIN_PIXELS, MediaError
+from .media.common import MAX_DECODE_PIXELS, MAX_PIXELS, MIN_PIXELS, VIDEO_MIN_PIXELS, MediaError
 from .messages import check_value, is_batch, media_parts, normalize_conversation, template_view
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-# The report's long-video evaluation limits: at most 768 frames and 24,576 video tokens.
-LONG_VIDEO = {"max_frames": 768, "total_pixels": 24576 * 28 * 28}
+# The report's long-video evaluation limits: at most 768 frames and 24,576 video tokens. The per-frame floor is
+# lowered too: with the default 128*28*28 floor, 768 frames alone would take ~51k tokens at 16:9.
+LONG_VIDEO = {"max_frames": 768, "total_pixels": 24576 * 28 * 28, "video_min_pixels": 32 * 28 * 28}
 VIDEO_OPTIONS = ("fps", "nframes", "min_frames", "max_frames", "total_pixels", "video_start", "video_end")
 
 
@@ -163,7 +164,7 @@ class Processor:
         try:
             if isinstance(value, str) and value.lower().startswith("data:"):
                 value, tmp = self._video_data_url(value)
-            elif isinstance(value, (list, tuple)):
+            if isinstance(value, (list, tuple)):
                 value = [im.load_image(f, remote=self.remote, max_decode_pixels=self.max_decode_pixels,
                                        name=f"frame {i}") if isinstance(f, (str, bytes, bytearray, dict, Path)) else f
                          for i, f in enumerate(value)]
@@ -173,8 +174,8 @@ class Processor:
         finally:
             if tmp is not None:
                 os.unlink(tmp)
-        frames = v.frames.permute(0, 2, 3, 1)  # (T, H, W, C), integer-valued floats in [0, 255]
-        pixels, grid = im.patchify(im.normalize(frames, self.image_mean, self.image_std), temporal=self.temporal)
+        frames = v.frames.to(torch.uint8)  # (T, C, H, W): integer-valued in [0, 255], so exact
+        pixels, grid = im.preprocess_frames(frames, self.image_mean, self.image_std, self.temporal)
         info = MediaInfo("video", tuple(v.original_size), tuple(v.resized_size), list(v.frame_times), v.sample_fps)
         return _Media("video", pixels, grid, info, self.temporal / v.sample_fps)
 
@@ -198,11 +199,19 @@ class Processor:
             raise MediaError(f"{where}: even downsampled, the videos cannot fit the {self.max_length}-token context")
         media = list(media)
         for i in vids:
-            share = budget * media[i].tokens / vid_tokens
+            share = int(budget * media[i].tokens / vid_tokens)
             part = dict(parts[i][1])
-            part["total_pixels"] = int(share * 28 * 28 * 0.95)
-            part.setdefault("max_frames", 768)
-            media[i] = self._load(part, f"{where}, {parts[i][0]}", defaults)
+            for _ in range(12):
+                frames = 2 * media[i].grid[0]
+                part["total_pixels"] = int(share * 28 * 28 * 0.95)
+                per_frame = part["total_pixels"] / frames * 2  # the per-frame cap fetch_video will derive
+                part["min_pixels"] = int(max(4 * 28 * 28, min(part.get("min_pixels", VIDEO_MIN_PIXELS), per_frame / 1.06)))
+                media[i] = self._load(part, f"{where}, {parts[i][0]}", defaults)
+                if media[i].tokens <= share:
+                    break
+                part["max_frames"] = max(4, frames // 2)  # the frame floor binds: sample fewer frames
+            else:
+                raise MediaError(f"{where}: could not downsample the video to {share} tokens")
             log.info("%s: downsampled video to %d tokens to fit the context", where, media[i].tokens)
         return media
 

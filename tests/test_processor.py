@@ -224,3 +224,41 @@ def test_truncation_never_cuts_a_vision_block(vlm):
     assert ids.count(sp["<|vision_start|>"]) == ids.count(sp["<|vision_end|>"]) == 1
     assert ids[0] != sp["<|image_pad|>"] and len(t.media[0]) == 1
     assert ids == full_ids[full_ids.index(sp["<|vision_end|>"]) + 1:]
+
+
+def test_processor_defaults_come_from_preprocessor_config(ref_dir, tmp_path):
+    import json
+    import shutil
+    d = tmp_path / "pp"
+    shutil.copytree(ref_dir[0], d)
+    (d / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 3136, "max_pixels": 100352,
+                                                            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    v = qwenvl.load(d)
+    b = v.processor(_user({"image": np.full((480, 640, 3), 255, np.uint8)}))
+    assert b.media[0][0].resized_size == smart_resize(480, 640, max_pixels=100352)
+    assert torch.allclose(b.pixel_values, torch.ones_like(b.pixel_values))  # (1 - 0.5) / 0.5
+
+
+def test_remote_images_when_enabled(vlm, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    from qwenvl.processor import Processor
+    (tmp_path / "ok.png").write_bytes(_png(80, 60))
+    (tmp_path / "big.png").write_bytes(_png(80, 60) + b"\x00" * 5000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        p = Processor(vlm.tokenizer, vlm.config, allow_remote_media=True, max_remote_bytes=4000)
+        b = p(_user({"image": f"{base}/ok.png"}))
+        assert b.media[0][0].original_size == (60, 80)
+        with pytest.raises(MediaError, match="larger than the 4000 byte cap"):
+            p(_user({"image": f"{base}/big.png"}))
+        with pytest.raises(MediaError, match="could not fetch"):
+            p(_user({"image": f"{base}/missing.png"}))
+    finally:
+        srv.shutdown()

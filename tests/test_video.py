@@ -33,7 +33,7 @@ def read_code(frame_chw: torch.Tensor) -> int:
     """Frame number from a (3, h, w) frame of any size (block centres survive resizing)."""
     h, w = frame_chw.shape[-2:]
     y = int(H / 4 * h / H)
-    return sum(1 << bit for bit in range(8) if frame_chw[:, y, int((bit * 8 + 4) * w / W)].mean() > 128)
+    return sum(1 << bit for bit in range(8) if frame_chw[:, y, int((bit * 8 + 4) * w / W)].float().mean() > 128)
 
 
 def write_video(path, nframes, fps, options=None):
@@ -167,7 +167,7 @@ def test_fetch_video_selects_the_right_frames(vids, key, opts, n, indices, sampl
     fps = key[0]
     out = fetch_video({"video": vids[key], **opts})
     assert isinstance(out, VideoInput)
-    assert out.frames.shape[0] == n and out.frames.dtype == torch.float32
+    assert out.frames.shape[0] == n and out.frames.dtype == torch.uint8
     assert out.sample_fps == pytest.approx(sample_fps, rel=1e-12)
     assert out.frame_times == pytest.approx([i / fps for i in indices])
     assert out.original_size == (H, W)
@@ -215,14 +215,14 @@ def test_stops_decoding_after_video_end(vids, monkeypatch):
 def test_resize_same_size_is_untouched():
     x = torch.randint(0, 256, (3, 3, 56, 84), dtype=torch.uint8)
     y = resize_frames(x, (56, 84))
-    assert y.dtype == torch.float32 and torch.equal(y, x.float())
+    assert y.dtype == torch.uint8 and torch.equal(y, x)
 
 
 def test_resize_integer_valued_in_range():
     x = torch.randint(0, 256, (2, 3, 97, 131), dtype=torch.uint8)
     for size in [(56, 84), (280, 392)]:
         y = resize_frames(x, size)
-        assert y.shape == (2, 3, *size) and y.dtype == torch.float32
+        assert y.shape == (2, 3, *size) and y.dtype == torch.uint8
         assert torch.equal(y, y.round()) and y.min() >= 0 and y.max() <= 255
     assert resize_frames(x, (280, 392)).max() == 255 and resize_frames(x, (280, 392)).min() == 0  # overshoot clamped
 
@@ -230,9 +230,9 @@ def test_resize_integer_valued_in_range():
 def test_resize_constant_and_gradient():
     c = torch.full((1, 3, 50, 70), 200, dtype=torch.uint8)
     for size in [(28, 28), (112, 168)]:
-        assert torch.equal(resize_frames(c, size), torch.full((1, 3, *size), 200.0))
+        assert torch.equal(resize_frames(c, size), torch.full((1, 3, *size), 200, dtype=torch.uint8))
     ramp = torch.arange(256, dtype=torch.uint8).expand(1, 3, 8, 256)  # value = x
-    y = resize_frames(ramp.contiguous(), (8, 64))[0, 0, 4]
+    y = resize_frames(ramp.contiguous(), (8, 64))[0, 0, 4].float()
     j = torch.arange(64, dtype=torch.float32)
     expect = 4 * j + 1.5  # antialiased (area-like) average of x over each output pixel's footprint
     assert (y[4:60] - expect[4:60]).abs().max() <= 1.0
@@ -245,7 +245,7 @@ def test_resize_constant_and_gradient():
 
 def _pil_expected(imgs, size):
     return torch.stack([torch.from_numpy(np.array(i.convert("RGB").resize((size[1], size[0])))).permute(2, 0, 1)
-                        for i in imgs]).float()
+                        for i in imgs])
 
 
 def test_frame_list_pil_padded_to_even():
@@ -254,7 +254,7 @@ def test_frame_list_pil_padded_to_even():
     out = fetch_video({"video": imgs})
     size = smart_resize(60, 80, 28, MIN_PIXELS, MAX_PIXELS)
     assert size == (56, 84) and out.resized_size == size and out.original_size == (60, 80)
-    assert out.frames.shape == (4, 3, 56, 84) and out.frames.dtype == torch.float32
+    assert out.frames.shape == (4, 3, 56, 84) and out.frames.dtype == torch.uint8
     exp = _pil_expected(imgs, size)
     assert torch.equal(out.frames[:3], exp) and torch.equal(out.frames[3], exp[2])
     assert out.sample_fps == 2.0 and out.frame_times == [0.0, 0.5, 1.0, 1.0]

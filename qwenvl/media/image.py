@@ -10,6 +10,7 @@ import re
 import urllib.request
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -173,20 +174,34 @@ def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img if (img.height, img.width) == (h, w) else img.resize((w, h), Image.BICUBIC)
 
 
-def normalize(frames: np.ndarray | torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
-    """(T, H, W, C) values in [0, 255] -> (T, C, H, W) float32: x*(1/255) in float64, cast, then (x-mean)/std."""
-    if isinstance(frames, torch.Tensor):
-        x = (frames.to(torch.float64) * (1 / 255)).to(torch.float32)
-    else:
-        x = torch.from_numpy((np.asarray(frames, dtype=np.float64) * (1 / 255)).astype(np.float32))
-    x = (x - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(std, dtype=torch.float32)
-    return x.permute(0, 3, 1, 2)
+@lru_cache(maxsize=8)
+def _lut(mean: tuple, std: tuple) -> torch.Tensor:
+    """(C*256,) float32: the normalised value of every uint8 level per channel, computed with the reference's
+    arithmetic (x * (1/255) in float64, cast to float32, then (x - mean) / std in float32)."""
+    levels = (torch.arange(256, dtype=torch.float64) * (1 / 255)).to(torch.float32)
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1)
+    sd = torch.tensor(std, dtype=torch.float32).view(-1, 1)
+    return ((levels.view(1, -1) - m) / sd).reshape(-1)
+
+
+def normalize_rows(rows: torch.Tensor, channels: int = 3, mean=CLIP_MEAN, std=CLIP_STD,
+                   chunk: int = 16384) -> torch.Tensor:
+    """(N, C*T*p*p) uint8 patch rows -> float32 rows, exactly as rescale + normalise would give, by table lookup
+    (chunked, so a long video never needs a float64 copy of itself)."""
+    lut = _lut(tuple(float(x) for x in mean), tuple(float(x) for x in std))
+    D = rows.shape[1]
+    base = (torch.arange(channels).repeat_interleave(D // channels) * 256).view(1, D)  # channel-major rows
+    out = torch.empty(rows.shape, dtype=torch.float32)
+    for i in range(0, rows.shape[0], chunk):
+        out[i:i + chunk] = lut[rows[i:i + chunk].long() + base]
+    return out
 
 
 def patchify(frames: torch.Tensor, patch: int = 14, temporal: int = 2, merge: int = 2):
     """(T, C, H, W) -> ((T/2)*(H/14)*(W/14), C*2*14*14) rows in the reference order, and grid (t, h, w).
 
-    The frame count is padded to a multiple of `temporal` by repeating the last frame."""
+    Any dtype (uint8 before normalisation). The frame count is padded to a multiple of `temporal` by repeating
+    the last frame."""
     T, C, H, W = frames.shape
     if T % temporal:
         frames = torch.cat([frames, frames[-1:].expand(temporal - T % temporal, -1, -1, -1)])
@@ -197,7 +212,13 @@ def patchify(frames: torch.Tensor, patch: int = 14, temporal: int = 2, merge: in
     return x.reshape(gt * gh * gw, C * temporal * patch * patch), (gt, gh, gw)
 
 
+def preprocess_frames(frames_u8: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD, temporal: int = 2):
+    """(T, C, H, W) uint8 -> (float32 patch rows, grid)."""
+    rows, grid = patchify(frames_u8, temporal=temporal)
+    return normalize_rows(rows, frames_u8.shape[1], mean, std), grid
+
+
 def preprocess_image(img: Image.Image, size: tuple[int, int], mean=CLIP_MEAN, std=CLIP_STD):
     """RGB PIL image -> (pixel rows, grid) at `size` (h, w)."""
-    arr = np.asarray(resize(to_rgb(img), size))[None]  # (1, H, W, 3) uint8
-    return patchify(normalize(arr, mean, std))
+    arr = np.array(resize(to_rgb(img), size))  # (H, W, 3) uint8
+    return preprocess_frames(torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0), mean, std)

@@ -32,7 +32,7 @@ _RESIZE_CHUNK = 8  # frames resized per F.interpolate call while decoding
 @dataclass
 class VideoInput:
     """Sampled, resized frames of one video and their timing."""
-    frames: torch.Tensor  # (T, 3, H, W) float32, integer-valued in [0, 255]; H, W multiples of 28; T even
+    frames: torch.Tensor  # (T, 3, H, W) uint8; H, W multiples of 28; T even
     sample_fps: float  # fps actually achieved
     frame_times: list[float]  # seconds from the video start, one per frame
     original_size: tuple[int, int]  # (H, W) of the source frames
@@ -129,11 +129,12 @@ def _target_size(ele: dict, height: int, width: int, nframes: int) -> tuple[int,
 
 
 def resize_frames(frames_uint8: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(T, C, H, W) uint8 -> (T, C, h, w) float32: antialiased bicubic in float32, clamped and rounded to integers."""
+    """(T, C, H, W) uint8 -> (T, C, h, w) uint8: antialiased bicubic in float32, clamped and rounded (the
+    reference's tensor resize; it then calls .float(), which changes no value, so frames stay uint8 here)."""
     if tuple(frames_uint8.shape[-2:]) == tuple(size):
-        return frames_uint8.float()
+        return frames_uint8
     x = F.interpolate(frames_uint8.float(), size=tuple(size), mode="bicubic", antialias=True, align_corners=False)
-    return x.clamp_(0, 255).round_()
+    return x.clamp_(0, 255).round_().to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -398,7 +399,7 @@ def _fetch_frame_list(ele: dict, remote: dict) -> VideoInput:
     fps = float(_opt(ele, "fps", _opt(ele, "sample_fps", FPS)))
     times = [i / fps for i in range(n)]
     times += [times[-1]] * (len(frames) - n)  # padding repeats the last frame, so also its time
-    return VideoInput(frames=torch.stack(frames).float(), sample_fps=fps, frame_times=times,
+    return VideoInput(frames=torch.stack(frames), sample_fps=fps, frame_times=times,
                       original_size=original, resized_size=tuple(size))
 
 
