@@ -10,7 +10,6 @@ import re
 import urllib.request
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -174,26 +173,18 @@ def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img if (img.height, img.width) == (h, w) else img.resize((w, h), Image.BICUBIC)
 
 
-@lru_cache(maxsize=8)
-def _lut(mean: tuple, std: tuple) -> torch.Tensor:
-    """(C*256,) float32: the normalised value of every uint8 level per channel, computed with the reference's
-    arithmetic (x * (1/255) in float64, cast to float32, then (x - mean) / std in float32)."""
-    levels = (torch.arange(256, dtype=torch.float64) * (1 / 255)).to(torch.float32)
-    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1)
-    sd = torch.tensor(std, dtype=torch.float32).view(-1, 1)
-    return ((levels.view(1, -1) - m) / sd).reshape(-1)
-
-
 def normalize_rows(rows: torch.Tensor, channels: int = 3, mean=CLIP_MEAN, std=CLIP_STD,
-                   chunk: int = 16384) -> torch.Tensor:
-    """(N, C*T*p*p) uint8 patch rows -> float32 rows, exactly as rescale + normalise would give, by table lookup
-    (chunked, so a long video never needs a float64 copy of itself)."""
-    lut = _lut(tuple(float(x) for x in mean), tuple(float(x) for x in std))
-    D = rows.shape[1]
-    base = (torch.arange(channels).repeat_interleave(D // channels) * 256).view(1, D)  # channel-major rows
-    out = torch.empty(rows.shape, dtype=torch.float32)
-    for i in range(0, rows.shape[0], chunk):
-        out[i:i + chunk] = lut[rows[i:i + chunk].long() + base]
+                   chunk: int = 192) -> torch.Tensor:
+    """(N, C*T*p*p) uint8 patch rows -> float32 rows with the reference's arithmetic: x * (1/255) in float64, cast
+    to float32, then (x - mean) / std in float32. Done in cache-sized chunks, so no full float64 copy exists."""
+    N, D = rows.shape
+    m = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1)
+    sd = torch.tensor(std, dtype=torch.float32).view(1, channels, 1)
+    out = torch.empty(N, D, dtype=torch.float32)
+    r3, o3 = rows.view(N, channels, -1), out.view(N, channels, -1)  # rows are channel-major
+    for i in range(0, N, chunk):
+        x = (r3[i:i + chunk].to(torch.float64) * (1 / 255)).to(torch.float32)
+        torch.div(x.sub_(m), sd, out=o3[i:i + chunk])
     return out
 
 
