@@ -63,6 +63,10 @@ class Processor:
         v = config.vision
         self.factor = v.patch_size * v.spatial_merge_size
         self.temporal = v.temporal_patch_size
+        # variables transformers hands every chat template
+        tc = tokenizer.config
+        self.template_vars = {k: (tc[k]["content"] if isinstance(tc.get(k), dict) else tc.get(k))
+                              for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike, tokenizer: Tokenizer, config: QwenVLConfig, **kw) -> "Processor":
@@ -85,11 +89,13 @@ class Processor:
     def render(self, messages, *, add_generation_prompt: bool = True, add_vision_id: bool = False) -> str | list[str]:
         """Prompt text(s) with one placeholder per image/video (before expansion)."""
         convs = messages if is_batch(messages) else [messages]
-        texts = [chat_template.render(template_view(normalize_conversation(c, f"conversation {i}")),
-                                      self.chat_template, add_generation_prompt=add_generation_prompt,
-                                      add_vision_id=add_vision_id)
+        texts = [self._render(normalize_conversation(c, f"conversation {i}"), add_generation_prompt, add_vision_id)
                  for i, c in enumerate(convs)]
         return texts if is_batch(messages) else texts[0]
+
+    def _render(self, norm: list[dict], add_generation_prompt: bool, add_vision_id: bool) -> str:
+        return chat_template.render(template_view(norm), self.chat_template, add_generation_prompt=add_generation_prompt,
+                                    add_vision_id=add_vision_id, **self.template_vars)
 
     def __call__(self, messages, *, add_generation_prompt: bool = True, add_vision_id: bool = False,
                  truncation: bool = False, max_length: int | None = None, video_fit: str = "error",
@@ -111,8 +117,7 @@ class Processor:
         for ci, conv in enumerate(convs):
             where = f"conversation {ci}" if not single else "conversation"
             norm = normalize_conversation(conv, where)
-            text = chat_template.render(template_view(norm), self.chat_template,
-                                        add_generation_prompt=add_generation_prompt, add_vision_id=add_vision_id)
+            text = self._render(norm, add_generation_prompt, add_vision_id)
             ids = self.tokenizer.encode(text)
             parts = media_parts(norm)
             self._check_placeholders(ids, parts, where)
