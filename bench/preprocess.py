@@ -13,7 +13,6 @@ Usage: .venv/bin/python bench/preprocess.py [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import sys
 import tempfile

@@ -1,5 +1,4 @@
 """Our processor against transformers 4.51.3's processor fed the way qwen-vl-utils feeds it, end to end."""
-import random
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """Videos through the processor: files, data URLs, frame lists, absolute time, context limits."""
 import base64
 import io
-import math
 
 import numpy as np
 import pytest

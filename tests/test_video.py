@@ -345,8 +345,11 @@ def test_error_frame_lists(tmp_path):
     good = np.zeros((56, 56, 3), np.uint8)
     _raises({"video": [good, str(tmp_path / "bad.png")]}, "frame 1")
     _raises({"video": [good, good, str(tmp_path / "missing.png")]}, "frame 2")
-    _raises({"video": [good.astype(np.float32)]}, "uint8")
-    _raises({"video": [good, 3]}, "unsupported frame type")
+    _raises({"video": [np.zeros((56, 56, 7), np.uint8)]}, "shape")
+    _raises({"video": [good, 3]}, "unsupported image value")
+    # float frames follow the image rules: values in [0, 1] are scaled, others rounded and clipped to uint8
+    out = fetch_video({"video": [good.astype(np.float32) + 0.6, good]})
+    assert out.frames.dtype == torch.uint8 and int(out.frames[0].max()) == 153  # 0.6 * 255
 
 
 # ---------------------------------------------------------------------------------------------------------------------

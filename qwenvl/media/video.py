@@ -329,49 +329,13 @@ def _local_path(s: str) -> str:
 
 
 def _load_frame(item, where: str, remote: dict):
-    """One frame of a frame list as an RGB PIL image (RGBA composited on white)."""
-    from PIL import Image
+    """One frame of a frame list as an RGB PIL image, by the image rules (sources, RGBA on white, bomb guard)."""
+    from .image import RemotePolicy, load_image, to_rgb
 
-    tmp = None
-    try:
-        if isinstance(item, Image.Image):
-            img = item
-        elif isinstance(item, np.ndarray):
-            if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (3, 4)):
-                raise MediaError(f"{where}: array of shape {item.shape} and dtype {item.dtype} is not an image; "
-                                 f"give an HxWx3 uint8 array")
-            img = Image.fromarray(item)
-        elif isinstance(item, (str, os.PathLike)):
-            item = os.fspath(item)
-            if _is_remote(item):
-                if not remote["allow_remote"]:
-                    raise MediaError(f"{where}: remote frame {item!r} refused; pass allow_remote=True or give a "
-                                     f"local path")
-                path = tmp = _download(item, remote["timeout"], remote["max_bytes"], where)
-            else:
-                path = _local_path(item)
-            if not os.path.exists(path):
-                raise MediaError(f"{where}: frame file {item!r} not found; check the path")
-            img = Image.open(path)
-            if img.width * img.height > MAX_DECODE_PIXELS:
-                raise MediaError(f"{where}: {img.width}x{img.height} image exceeds {MAX_DECODE_PIXELS} pixels; "
-                                 f"downscale it first")
-            img.load()
-        else:
-            raise MediaError(f"{where}: unsupported frame type {type(item).__name__}; give a PIL image, a path or "
-                             f"an HxWx3 uint8 array")
-        if img.mode == "RGBA":
-            white = Image.new("RGB", img.size, (255, 255, 255))
-            white.paste(img, mask=img.split()[3])
-            return white
-        return img.convert("RGB")
-    except MediaError:
-        raise
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for unreadable / truncated images
-        raise MediaError(f"{where}: frame cannot be read as an image ({e}); replace or re-save it") from e
-    finally:
-        if tmp is not None:
-            os.unlink(tmp)
+    policy = RemotePolicy(remote["allow_remote"], remote["timeout"], remote["max_bytes"])
+    if isinstance(item, os.PathLike):
+        item = os.fspath(item)
+    return to_rgb(load_image(item, remote=policy, name=where))
 
 
 def _fetch_frame_list(ele: dict, remote: dict) -> VideoInput:
