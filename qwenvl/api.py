@@ -25,7 +25,8 @@ class VLM:
         self.tokenizer = tokenizer
         self.config = config
         self.path = path
-        self.processor = processor  # filled in by the inputs layer
+        self.processor = processor
+        self.generation_config = _read_generation_config(path)
 
     @property
     def device(self) -> torch.device:
@@ -40,6 +41,64 @@ class VLM:
         """Logits (B, T, V) of a prompt batch."""
         b = batch.to(self.device)
         return self.model(**b.model_inputs())
+
+    # ------------------------------------------------------------------ generation
+    def _prepare(self, messages, options: dict):
+        from .sampling import SamplingParams
+
+        proc_keys = {"min_pixels", "max_pixels", "video_min_pixels", "video_max_pixels", "fps", "nframes", "min_frames",
+                     "max_frames", "total_pixels", "video_start", "video_end", "add_vision_id", "truncation",
+                     "max_length", "video_fit", "add_generation_prompt"}
+        proc_opts = {k: options.pop(k) for k in list(options) if k in proc_keys and options[k] is not None}
+        params = SamplingParams.from_options(self.generation_defaults, **options)
+        params.validate()
+        batch = self.processor(messages, **proc_opts)
+        return batch, [params] * batch.batch_size
+
+    def generate(self, messages, **options):
+        """Answer one conversation (-> Generation) or a list of conversations (-> list[Generation]).
+
+        Options: max_new_tokens, min_new_tokens, temperature (0 = greedy), top_p, top_k, min_p,
+        repetition_penalty, presence_penalty, frequency_penalty, seed, stop, stop_token_ids; processor options
+        (min_pixels, max_pixels, fps, nframes, ...). Defaults come from generation_config.json."""
+        from .generate import generate
+        from .messages import is_batch
+
+        batch, params = self._prepare(messages, dict(options))
+        out = generate(self.model, self.tokenizer, batch, params, self.stop_ids)
+        return out if is_batch(messages) else out[0]
+
+    def events(self, messages, **options):
+        """Low-level stream: one TokenEvent per generated token (row, token_id, text delta, final Generation)."""
+        from .generate import run
+
+        batch, params = self._prepare(messages, dict(options))
+        return run(self.model, self.tokenizer, batch, params, self.stop_ids)
+
+    def stream(self, messages, **options):
+        """Yield the text deltas of the answer to one conversation; the generator returns the final Generation
+        (as StopIteration.value)."""
+        from .messages import is_batch
+
+        if is_batch(messages):
+            raise ValueError("stream() takes one conversation; use generate() for a list of conversations")
+        for ev in self.events(messages, **options):
+            if ev.delta:
+                yield ev.delta
+            if ev.finished is not None:
+                return ev.finished
+
+    @property
+    def stop_ids(self) -> set[int]:
+        eos = self.generation_config.get("eos_token_id")
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        return ids or {self.tokenizer.im_end_id, self.tokenizer.special_ids["<|endoftext|>"]}
+
+    @property
+    def generation_defaults(self) -> dict:
+        g = self.generation_config
+        return {k: g[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "do_sample", "max_new_tokens")
+                if k in g}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an HF directory (original layout) with the tokenizer/processor files copied alongside."""
@@ -71,6 +130,17 @@ def load(path: str | os.PathLike | None = None, *, dtype=None, device=None) -> V
     vlm = VLM(model, tokenizer, config, path, processor)
     log.info("ready in %.1f s", time.perf_counter() - t0)
     return vlm
+
+
+def _read_generation_config(path: Path | None) -> dict:
+    import json
+    f = None if path is None else path / "generation_config.json"
+    if f is None or not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{f} is not valid JSON ({e})") from None
 
 
 def _check_token_ids(config: QwenVLConfig, tok: Tokenizer, path: Path) -> None:

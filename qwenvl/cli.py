@@ -48,7 +48,7 @@ def cmd_demo(args) -> int:
                          pixel_values=torch.randn(256, c.vision.patch_dim, generator=g),
                          image_grid_thw=torch.tensor([grid]))
     t0 = time.perf_counter()
-    out = greedy(vlm.model, batch, args.max_new_tokens, {tok.im_end_id, tok.special_ids["<|endoftext|>"]})[0]
+    out = greedy(vlm.model, batch, args.max_new_tokens, vlm.stop_ids, tok)[0]
     dt = time.perf_counter() - t0
     print(tok.decode(out, skip_special_tokens=True))
     print(f"prompt {ids.shape[1]} tokens ({n_vis} visual), {len(out)} new tokens in {dt:.2f} s", file=sys.stderr)
@@ -65,6 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-new-tokens", type=int, default=16)
     d.add_argument("--dtype", default=None, help="bfloat16 | float32 (default: the checkpoint's)")
     d.set_defaults(func=cmd_demo)
+
+    from .cli_generate import add_model_args, add_sampling_args, cmd_chat, cmd_generate
+    g = sub.add_parser("generate", help="answer one prompt about images/videos, streamed to stdout")
+    add_model_args(g)
+    g.add_argument("--image", action="append", metavar="PATH", help="an image (repeatable)")
+    g.add_argument("--video", action="append", metavar="PATH", help="a video (repeatable)")
+    g.add_argument("--fps", type=float, help="video sampling rate (default 2)")
+    g.add_argument("--prompt", required=True, help="the question; '-' reads it from stdin")
+    g.add_argument("--system", help="system prompt")
+    add_sampling_args(g)
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    g.set_defaults(func=cmd_generate)
+    c = sub.add_parser("chat", help="interactive chat (/image PATH, /video PATH, /reset, /quit)")
+    add_model_args(c)
+    c.add_argument("--system", help="system prompt")
+    add_sampling_args(c)
+    c.set_defaults(func=cmd_chat)
     return p
 
 
@@ -76,10 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (CLIError, FileNotFoundError, ValueError, KeyError, OSError, MemoryError) as e:
+    except (CLIError, FileNotFoundError, ValueError, TypeError, KeyError, OSError, MemoryError, RuntimeError) as e:
         if args.debug:
             raise
-        msg = str(e) if not isinstance(e, MemoryError) else "out of memory; try a smaller model, dtype or input"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        low = str(e).lower()
+        if isinstance(e, MemoryError) or any(k in low for k in ("out of memory", "not enough memory",
+                                                                "can't allocate memory", "cannot allocate memory")):
+            msg = "out of memory; try a smaller --max-pixels, fewer frames (--fps), a smaller model or bfloat16"
         print(f"qwenvl: error: {msg}", file=sys.stderr)
         return 2
 

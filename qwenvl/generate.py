@@ -1,34 +1,133 @@
-"""Minimal greedy decoding over the static KV cache (prefill once, then one token per step).
+"""Generation: prefill once, then one token per step over the static KV cache, for a batch of rows.
 
-The full generation API (sampling, streaming, stop strings, batching policy) builds on these two steps.
+Rows are left padded and carry their own MRoPE delta; a row that finishes leaves the batch (its cache rows are
+dropped), so finished rows stop costing compute. Text is detokenized incrementally; stop strings are cut.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Iterator
+
 import torch
 
-from .batch import Batch
+from .batch import Batch, MediaInfo
+from .detokenize import IncrementalDetokenizer
 from .model.positions import decode_position_ids
+from .sampling import Sampler, SamplingParams
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    visual_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "visual_tokens": self.visual_tokens,
+                "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens}
+
+
+@dataclass
+class Generation:
+    """One row's answer: text (stop strings and special tokens removed), ids (including a final stop token),
+    finish_reason 'stop' or 'length', token usage, and the original/resized size of each image and video."""
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    usage: Usage
+    media: list[MediaInfo] = field(default_factory=list)
+    stop: str | int | None = None  # the stop string or stop token id that ended it
+
+
+@dataclass
+class TokenEvent:
+    row: int
+    token_id: int
+    delta: str
+    finished: Generation | None = None
+
+
+class _Row:
+    def __init__(self, i, prompt_ids, params, tokenizer, stop_ids, media, visual, vocab_size, device):
+        self.i, self.params = i, params
+        self.history = list(prompt_ids)
+        self.generated: list[int] = []
+        self.sampler = Sampler([params], vocab_size, device)
+        self.detok = IncrementalDetokenizer(tokenizer, params.stop)
+        self.stop_ids = set(stop_ids) | set(params.stop_token_ids)
+        self.media, self.prompt_len, self.visual = media, len(prompt_ids), visual
+
+    def step(self, logits: torch.Tensor) -> tuple[int, str, Generation | None]:
+        tok = int(self.sampler(logits.unsqueeze(0), [self.history], [len(self.generated)], [self.stop_ids])[0])
+        self.generated.append(tok)
+        self.history.append(tok)
+        if tok in self.stop_ids:  # the sampler never picks one before min_new_tokens
+            return tok, self.detok.finish(), self._done("stop", tok)
+        delta = self.detok.add(tok)
+        if self.detok.stopped:
+            return tok, delta + self.detok.finish(), self._done("stop", self.detok.stop_string)
+        if len(self.generated) >= self.params.max_new_tokens:
+            return tok, delta + self.detok.finish(), self._done("length", None)
+        return tok, delta, None
+
+    def _done(self, reason, stop) -> Generation:
+        return Generation(self.detok.text, list(self.generated), reason,
+                          Usage(self.prompt_len, self.visual, len(self.generated)), self.media, stop)
 
 
 @torch.inference_mode()
-def greedy(model, batch: Batch, max_new_tokens: int, stop_ids: set[int] | frozenset = frozenset()) -> list[list[int]]:
-    """Greedy continuation of each row; a row stops at its first stop id (kept) or after max_new_tokens."""
+def run(model, tokenizer, batch: Batch, params: list[SamplingParams], stop_ids: set[int]) -> Iterator[TokenEvent]:
+    """Yield one TokenEvent per generated token of every row, the last one of a row carrying its Generation."""
+    c = model.config
     b = batch.to(model.device)
     B, T = b.input_ids.shape
-    cache = model.new_cache(B, T + max_new_tokens)
-    pos, delta = model.rope_index(b.input_ids, b.attention_mask, b.image_grid_thw, b.video_grid_thw,
-                                  b.second_per_grid_ts)
-    logits = model(b.input_ids, b.attention_mask, b.pixel_values, b.image_grid_thw, b.pixel_values_videos,
-                   b.video_grid_thw, position_ids=pos, cache=cache, logits_to_keep=1)  # prefill
-    out: list[list[int]] = [[] for _ in range(B)]
-    done = [False] * B
-    for step in range(max_new_tokens):
-        nxt = logits[:, -1].argmax(-1)  # (B,)
-        for i, t in enumerate(nxt.tolist()):
-            if not done[i]:
-                out[i].append(t)
-                done[i] = t in stop_ids
-        if all(done) or step == max_new_tokens - 1:
-            break
-        logits = model(nxt.view(B, 1), position_ids=decode_position_ids(T + step, 1, delta), cache=cache)
-    return out
+    mask = b.attention_mask if b.attention_mask is not None else torch.ones_like(b.input_ids)
+    pads = {c.image_token_id, c.video_token_id}
+    rows = []
+    for i in range(B):
+        ids = b.input_ids[i][mask[i].bool()].tolist()
+        rows.append(_Row(i, ids, params[i], tokenizer, stop_ids, batch.media[i] if i < len(batch.media) else [],
+                         sum(t in pads for t in ids), c.text.vocab_size, model.device))
+    max_new = max(p.max_new_tokens for p in params)
+    cache = model.new_cache(B, T + max_new)
+    pos, delta = model.rope_index(b.input_ids, mask, b.image_grid_thw, b.video_grid_thw, b.second_per_grid_ts)
+    logits = model(b.input_ids, mask, b.pixel_values, b.image_grid_thw, b.pixel_values_videos, b.video_grid_thw,
+                   position_ids=pos, cache=cache, logits_to_keep=1)[:, -1]  # prefill: (B, V)
+    active = list(range(B))  # batch index -> row
+    step = 0
+    while active:
+        next_ids, keep = [], []
+        for j, r in enumerate(active):
+            tok, text, done = rows[r].step(logits[j].float())
+            yield TokenEvent(r, tok, text, done)
+            if done is None:
+                keep.append(j)
+                next_ids.append(tok)
+        if not keep:
+            return
+        if len(keep) < len(active):  # finished rows leave the batch
+            idx = torch.tensor(keep, device=delta.device)
+            cache.keep_rows(idx)
+            delta = delta[idx]
+            active = [active[j] for j in keep]
+        ids = torch.tensor(next_ids, device=b.input_ids.device).view(-1, 1)
+        logits = model(ids, position_ids=decode_position_ids(T + step, 1, delta), cache=cache)[:, -1]
+        step += 1
+
+
+def generate(model, tokenizer, batch: Batch, params: list[SamplingParams], stop_ids: set[int]) -> list[Generation]:
+    out: list[Generation | None] = [None] * batch.batch_size
+    for ev in run(model, tokenizer, batch, params, stop_ids):
+        if ev.finished is not None:
+            out[ev.row] = ev.finished
+    return out  # type: ignore[return-value]
+
+
+def greedy(model, batch: Batch, max_new_tokens: int, stop_ids=frozenset(), tokenizer=None) -> list[list[int]]:
+    """Greedy token ids of each row (stop id kept), for quick checks and the demo."""
+    params = [SamplingParams(max_new_tokens=max_new_tokens)] * batch.batch_size
+    return [g.token_ids for g in generate(model, tokenizer, batch, params, set(stop_ids))]

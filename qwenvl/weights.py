@@ -161,8 +161,10 @@ def load_model(path: str | os.PathLike, config: QwenVLConfig | None = None, *, d
     """Build the model on the meta device and fill it from the directory's safetensors, strictly."""
     path = Path(path)
     config = config or QwenVLConfig.from_file(path)
-    dtype = parse_dtype(dtype) or parse_dtype(config.torch_dtype) or torch.float32
-    device = torch.device(device or "cpu")
+    from .device import auto_dtype, default_device
+
+    device = torch.device(device) if device is not None else default_device()
+    dtype = parse_dtype(dtype) or auto_dtype(device, parse_dtype(config.torch_dtype))
     t0 = time.perf_counter()
     with torch.device("meta"):
         model = QwenVL(config)

@@ -47,6 +47,12 @@ class KVCache:
         m |= (k.view(1, -1) == slots.view(-1, 1)).unsqueeze(0)
         return m.unsqueeze(1)
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` (others finished): later steps no longer compute or read them."""
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
+        self.valid = self.valid.index_select(0, rows)
+
     def reset(self) -> None:
         self.length = 0
         self.valid.zero_()
