@@ -20,38 +20,33 @@ def _cache_dir() -> Path:
 
 
 def cmd_demo(args) -> int:
-    """Main job until the embedded model ships: make a tiny random checkpoint, load it, run image + text."""
-    import torch
+    """Main job until the embedded model ships: a tiny random checkpoint, a generated picture, a streamed answer."""
+    from PIL import Image, ImageDraw
 
-    import qwenvl
-    from qwenvl.generate import greedy
+    from qwenvl.cli_generate import _report, _stream_answer, load_model
     from qwenvl.tiny import make_random_checkpoint
 
-    path = Path(args.model) if args.model else _cache_dir() / "tiny-random"
-    if not args.model and not (path / "config.json").is_file():
-        make_random_checkpoint(path, seed=0)
+    cache = _cache_dir()
     if not args.model:
+        args.model = str(cache / "tiny-random")
+        if not (Path(args.model) / "config.json").is_file():
+            make_random_checkpoint(args.model, seed=0)
         print("NOTE: this demo runs a tiny RANDOMLY INITIALISED Qwen2.5-VL checkpoint generated on this machine "
-              f"({path}); its answers are noise until the embedded trained model ships.", file=sys.stderr)
-    t0 = time.perf_counter()
-    vlm = qwenvl.load(path, dtype=args.dtype)
-    print(f"loaded {vlm.config.num_parameters / 1e6:.2f}M parameters ({vlm.dtype}) in "
-          f"{time.perf_counter() - t0:.2f} s", file=sys.stderr)
-    tok, c = vlm.tokenizer, vlm.config
-    grid = (1, 16, 16)  # one 224x224 image = 256 patches -> 64 visual tokens
-    n_vis = grid[0] * grid[1] * grid[2] // 4
-    prompt = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
-              + "<|image_pad|>" * n_vis + "<|vision_end|>" + args.prompt + "<|im_end|>\n<|im_start|>assistant\n")
-    ids = torch.tensor([tok.encode(prompt)])
-    g = torch.Generator().manual_seed(0)
-    batch = qwenvl.Batch(input_ids=ids, attention_mask=torch.ones_like(ids),
-                         pixel_values=torch.randn(256, c.vision.patch_dim, generator=g),
-                         image_grid_thw=torch.tensor([grid]))
-    t0 = time.perf_counter()
-    out = greedy(vlm.model, batch, args.max_new_tokens, vlm.stop_ids, tok)[0]
-    dt = time.perf_counter() - t0
-    print(tok.decode(out, skip_special_tokens=True))
-    print(f"prompt {ids.shape[1]} tokens ({n_vis} visual), {len(out)} new tokens in {dt:.2f} s", file=sys.stderr)
+              f"({args.model}); its answers are noise until the embedded trained model ships.", file=sys.stderr)
+    picture = cache / "demo.png"
+    if not picture.is_file():
+        picture.parent.mkdir(parents=True, exist_ok=True)
+        img = Image.new("RGB", (320, 240), "white")
+        d = ImageDraw.Draw(img)
+        d.ellipse((30, 40, 110, 120), fill="red")
+        d.rectangle((180, 60, 280, 160), fill="blue")
+        img.save(picture)
+    vlm = load_model(args)
+    messages = [{"role": "user", "content": [{"type": "image", "image": str(picture)},
+                                             {"type": "text", "text": args.prompt}]}]
+    g, ttft, total = _stream_answer(vlm, messages, {"max_new_tokens": args.max_new_tokens, "temperature": 0})
+    print()
+    _report(g, ttft, total)
     return 0
 
 
@@ -64,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--prompt", default="Describe this image.")
     d.add_argument("--max-new-tokens", type=int, default=16)
     d.add_argument("--dtype", default=None, help="bfloat16 | float32 (default: the checkpoint's)")
+    d.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
     d.set_defaults(func=cmd_demo)
 
     from .cli_generate import add_model_args, add_sampling_args, cmd_chat, cmd_generate

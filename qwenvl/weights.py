@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -151,6 +152,21 @@ class SafetensorsReader:
         self.f.close()
 
 
+@contextmanager
+def _skip_init():
+    """Random init is wasted on meta tensors that weights replace (and its first call costs seconds of imports)."""
+    names = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "trunc_normal_", "xavier_uniform_",
+             "xavier_normal_", "ones_", "zeros_", "constant_")
+    saved = {n: getattr(nn.init, n) for n in names}
+    for n in names:
+        setattr(nn.init, n, lambda t, *a, **k: t)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
+
+
 def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     mod_name, _, attr = name.rpartition(".")
     mod = model.get_submodule(mod_name)
@@ -166,7 +182,7 @@ def load_model(path: str | os.PathLike, config: QwenVLConfig | None = None, *, d
     device = torch.device(device) if device is not None else default_device()
     dtype = parse_dtype(dtype) or auto_dtype(device, parse_dtype(config.torch_dtype))
     t0 = time.perf_counter()
-    with torch.device("meta"):
+    with torch.device("meta"), _skip_init():
         model = QwenVL(config)
     expected = {k: p.shape for k, p in model.named_parameters(remove_duplicate=False)}
     tied = config.tie_word_embeddings

@@ -58,7 +58,7 @@ def test_demo_cli_runs_and_says_it_is_random(tmp_path):
                        text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "RANDOMLY INITIALISED" in r.stderr
-    assert re.search(r"\b[1-4] new tokens", r.stderr)
+    assert re.search(r"\b[1-4] new, time to first token", r.stderr)
     assert (tmp_path / "tiny-random" / "model.safetensors").is_file()
 
 
