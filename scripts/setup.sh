@@ -10,10 +10,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  "${pip[@]}" "torch==${QWENVL_TORCH_VERSION:-2.13.0}"
+  "${pip[@]}" "torch==${QWENVL_TORCH_VERSION:-2.13.0}" 2>&1 | quiet
 fi
 spec="."
 [ -n "$extras" ] && spec=".[${extras}]"
-"${pip[@]}" -e "$spec" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+"${pip[@]}" -e "$spec" 2>&1 | quiet
 .venv/bin/python -c "import qwenvl" 
