@@ -282,7 +282,7 @@ def ensure_reference_venv() -> None:
         if r.returncode == 0 and r.stdout.strip().split(".")[0] == "5":
             return
     log(f"reference: creating {REF_VENV} (torch 2.13.0 CPU + transformers 5.x)")
-    subprocess.run([sys.executable if sys.executable else "python3", "-m", "venv", str(REF_VENV)], check=True)
+    subprocess.run([shutil.which("python3") or sys.executable, "-m", "venv", str(REF_VENV)], check=True)
     pip = [str(REF_VENV / "bin" / "pip"), "install", "--quiet"]
     subprocess.run(pip + ["torch==2.13.0"], check=True)  # a pinned CPU build; plain `torch` pulls a CUDA build
     subprocess.run(pip + ["transformers>=5,<6", "safetensors", "pillow", "numpy"], check=True)
@@ -362,6 +362,11 @@ def make_table(ours: dict | None, ref: dict | None, meta: dict) -> str:
     lines = [f"| what | qwenvl (ours) | {ref_name} | ratio (>1 = ours better) |", "|---|---|---|---|"]
     for what, o, r, q in rows:
         lines.append(f"| {what} | {o} | {r} | {'—' if q is None else f'{q:.2f}×'} |")
+    notes.append(f"times: after one warm-up call, the median of 3 calls when one call took under {REPEAT_UNDER_S:.0f} s, "
+                 "else one call; decode rate = (t(17 new tokens) − t(1)) / 16 × batch, greedy, no stop token")
+    if ref is not None:
+        notes.append("peak RSS: ru_maxrss of each side's own process; the reference memory-maps the safetensors, so "
+                     "its weights count as file-backed pages once touched, ours are anonymous memory")
     tk = meta.get("token_check")
     if tk:
         notes.append(tk)
@@ -402,14 +407,21 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="JSON with all raw numbers (default bench/results/generate-<date>.json)")
     ap.add_argument("--reference-max-call-s", type=float, default=0.0,
                     help="skip a reference vision size whose estimated single call exceeds this (0 = never)")
+    ap.add_argument("--table-from", metavar="JSON", help="only print the table of an earlier run's JSON")
     args = ap.parse_args()
+    if args.table_from:
+        saved = json.loads(Path(args.table_from).read_text())
+        print(f"$ {saved['command']}\n")
+        print(_header(saved) + "\n")
+        print(make_table(saved.get("ours"), saved.get("reference"), saved))
+        return
     if args.skip_reference and args.skip_ours:
         ap.error("nothing to run: both sides skipped")
     cmdline = " ".join([Path(sys.executable).relative_to(ROOT).as_posix() if sys.executable.startswith(str(ROOT))
                         else sys.executable, *[Path(sys.argv[0]).resolve().relative_to(ROOT).as_posix()], *sys.argv[1:]])
     if not OURS_PY.is_file():
         raise SystemExit(f"{OURS_PY} not found: create the project's virtualenv first")
-    if Path(sys.executable).resolve() != OURS_PY.resolve():
+    if Path(sys.prefix).resolve() != OURS_PY.parent.parent.resolve():  # not in the project's venv: re-run there
         os.execv(str(OURS_PY), [str(OURS_PY), str(Path(__file__).resolve()), *sys.argv[1:]])
 
     import torch
@@ -448,10 +460,14 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     table = make_table(ours, ref, results)
     print(f"$ {cmdline}\n")
-    print(f"dtype: {dtype} ({why}); shape: {'Qwen2.5-VL-3B' if shape == '3b' else 'toy (--quick)'}, random "
-          f"weights; {results['cpu']}; 2 threads\n")
+    print(_header(results) + "\n")
     print(table)
     print(f"\nraw numbers: {out.relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out}")
+
+
+def _header(r: dict) -> str:
+    return (f"dtype: {r['dtype']} ({r['dtype_reason']}); shape: "
+            f"{'Qwen2.5-VL-3B' if r['shape'] == '3b' else 'toy (--quick)'}, random weights; {r['cpu']}; 2 threads")
 
 
 def _cpu_name() -> str:

@@ -169,10 +169,6 @@ class Processor:
         try:
             if isinstance(value, str) and value.lower().startswith("data:"):
                 value, tmp = self._video_data_url(value)
-            if isinstance(value, (list, tuple)):
-                value = [im.load_image(f, remote=self.remote, max_decode_pixels=self.max_decode_pixels,
-                                       name=f"frame {i}") if isinstance(f, (str, bytes, bytearray, dict, Path)) else f
-                         for i, f in enumerate(value)]
             ele["video"] = value
             v = vid.fetch_video(ele, allow_remote=self.remote.allow, remote_timeout=self.remote.timeout,
                                 max_remote_bytes=self.remote.max_bytes)
