@@ -4,7 +4,7 @@
 
 The model is fed tensors built by bench/generate.py (the 5.x image processor needs torchvision, which does not
 work here). `mm_token_type_ids` (0 text, 1 image) is passed to generate(): 5.x computes MRoPE positions only
-when it is given, and otherwise silently falls back to 1D positions (reference.md §9 item 11).
+when it is given, and otherwise silently falls back to 1D positions (reference.md §6.6, §8.2, §9.3 item 11).
 """
 from __future__ import annotations
 

@@ -17,15 +17,16 @@ Both sides get the same tensors (input_ids, attention_mask, pixel_values, image_
 file). Our side: `qwenvl.load` + `qwenvl.generate.generate` (greedy, stop_ids empty). The reference:
 transformers 5.x `Qwen2_5_VLForConditionalGeneration` (SDPA) in its own virtualenv bench/.venv-ref (created on
 first use), fed tensors directly (its image processor needs torchvision), with `mm_token_type_ids` (0 text,
-1 image) so that 5.x computes MRoPE positions (reference.md §9 item 11), eos disabled so that it generates
-exactly the requested tokens, like ours.
+1 image) so that 5.x computes MRoPE positions (reference.md §6.6, §8.2, §9.3 item 11), eos disabled so that it
+generates exactly the requested tokens, like ours.
 
 Usage:
   .venv/bin/python bench/generate.py                 # 3B shape, dtype auto
   .venv/bin/python bench/generate.py --quick         # toy shape, a smoke test in about a minute
   options: --dtype auto|bfloat16|float32, --sizes 448,896,1344, --skip-reference, --skip-ours,
            --out bench/results/generate-<date>.json, --reference-max-call-s S (skip a reference vision size whose
-           estimated single call exceeds S seconds; 0 = never skip)
+           estimated single call exceeds S seconds; 0 = never skip), --repeats N (timed calls per measurement),
+           --new-tokens N (decode rate from t(N) - t(1); default 17), --table-from JSON (re-print a saved run)
 
 This file is also imported by the two workers (bench/_ours_worker.py, bench/_reference_worker.py) for the shared
 measurement protocol, so everything at module level uses the standard library only.
@@ -102,7 +103,11 @@ def run_worker(side: str, adapter_factory) -> None:
     ap.add_argument("--dtype", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-vision-call-s", type=float, default=0.0)
+    ap.add_argument("--repeats", type=int, default=0)
+    ap.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     args = ap.parse_args()
+    reps = args.repeats or None
+    nt = args.new_tokens
 
     torch.set_num_threads(2)
     dtype = getattr(torch, args.dtype)
@@ -133,7 +138,8 @@ def run_worker(side: str, adapter_factory) -> None:
         if prev is not None and args.max_vision_call_s > 0:
             est = prev[1] * (n / prev[0]) ** 1.25
             if est > args.max_vision_call_s:
-                log(f"{side}: vision {side_px}²: skipped, estimated {est:.0f} s per call > {args.max_vision_call_s:.0f} s")
+                log(f"{side}: vision {side_px}²: skipped, estimated {est:.0f} s per call "
+                    f"> {args.max_vision_call_s:.0f} s")
                 res["vision"][key] = {"patches": n, "skipped": f"estimated {est:.0f} s per call "
                                                                 f"> limit {args.max_vision_call_s:.0f} s"}
                 continue
@@ -142,7 +148,7 @@ def run_worker(side: str, adapter_factory) -> None:
         out = m.vision(pv, grid)
         warm = time.perf_counter() - t0
         log(f"  warm-up {warm:.3f} s")
-        med, times, out = _timed(lambda: m.vision(pv, grid), f"vision {side_px}²")
+        med, times, out = _timed(lambda: m.vision(pv, grid), f"vision {side_px}²", reps)
         res["vision"][key] = {"patches": n, "seconds": med, "times": times, "warmup_s": warm,
                               "out_shape": list(out.shape)}
         if v.get("save_output"):
@@ -155,22 +161,22 @@ def run_worker(side: str, adapter_factory) -> None:
     for name, inp in (("image", inputs["image_prompt"]), ("batch", inputs["batch_prompt"])):
         B = inp["input_ids"].shape[0]
         log(f"{side}: generation '{name}' (batch {B}, prompt {inp['input_ids'].shape[1]} tokens): "
-            f"warm-up with {NEW_TOKENS} new tokens")
+            f"warm-up with {nt} new tokens")
         t0 = time.perf_counter()
-        m.generate(inp, NEW_TOKENS)
+        m.generate(inp, nt)
         warm = time.perf_counter() - t0
         log(f"  warm-up {warm:.3f} s")
-        t1, times1, toks1 = _timed(lambda: m.generate(inp, 1), f"{name}: 1 new token")
-        tn, timesn, toksn = _timed(lambda: m.generate(inp, NEW_TOKENS), f"{name}: {NEW_TOKENS} new tokens")
-        bad = [len(r) for r in toksn if len(r) != NEW_TOKENS] + [len(r) for r in toks1 if len(r) != 1]
+        t1, times1, toks1 = _timed(lambda: m.generate(inp, 1), f"{name}: 1 new token", reps)
+        tn, timesn, toksn = _timed(lambda: m.generate(inp, nt), f"{name}: {nt} new tokens", reps)
+        bad = [len(r) for r in toksn if len(r) != nt] + [len(r) for r in toks1 if len(r) != 1]
         if bad:
             raise SystemExit(f"{side}: a row generated a wrong number of tokens ({bad}); the rate would be wrong")
-        rate = (NEW_TOKENS - 1) * B / (tn - t1)
+        rate = (nt - 1) * B / (tn - t1)
         res[name] = {"batch": B, "prompt_tokens": int(inp["input_ids"].shape[1]), "warmup_s": warm,
-                     "t1_s": t1, "t1_times": times1, "tn_s": tn, "tn_times": timesn, "new_tokens": NEW_TOKENS,
+                     "t1_s": t1, "t1_times": times1, "tn_s": tn, "tn_times": timesn, "new_tokens": nt,
                      "decode_tok_s": rate, "tokens": [list(map(int, r)) for r in toksn],
                      "first_token_from_1_call": [int(r[0]) for r in toks1]}
-        log(f"{side}: {name}: t(1) {t1:.3f} s, t({NEW_TOKENS}) {tn:.3f} s -> {rate:.3f} tok/s")
+        log(f"{side}: {name}: t(1) {t1:.3f} s, t({nt}) {tn:.3f} s -> {rate:.3f} tok/s")
         save()
     save()
     log(f"{side}: done, peak RSS {res['peak_rss_bytes'] / 1e9:.2f} GB")
@@ -263,7 +269,8 @@ def build_inputs(ckpt: Path, sizes: list[int], path: Path) -> dict:
     ids = prefix + [vs] + [img] * n_img + [ve] + text_part(len(prefix) + len(suffix) + 2) + suffix
     ids_t = torch.tensor([ids])
     image_prompt = {"input_ids": ids_t, "attention_mask": torch.ones_like(ids_t),
-                    "pixel_values": torch.randn(gh * gh, dim, generator=g), "image_grid_thw": torch.tensor([[1, gh, gh]]),
+                    "pixel_values": torch.randn(gh * gh, dim, generator=g),
+                    "image_grid_thw": torch.tensor([[1, gh, gh]]),
                     "mm_token_type_ids": (ids_t == img).to(torch.int32)}
     tids = prefix + text_part(len(prefix) + len(suffix)) + suffix
     tids_t = torch.tensor([tids] * DECODE_BATCH)
@@ -288,13 +295,14 @@ def ensure_reference_venv() -> None:
     subprocess.run(pip + ["transformers>=5,<6", "safetensors", "pillow", "numpy"], check=True)
 
 
-def run_side(side: str, ckpt: Path, inputs: Path, dtype: str, tmp: Path, max_vision_call_s: float) -> dict:
+def run_side(side: str, ckpt: Path, inputs: Path, dtype: str, tmp: Path, max_vision_call_s: float,
+             repeats: int, new_tokens: int) -> dict:
     py = OURS_PY if side == "ours" else REF_PY
     worker = BENCH / ("_ours_worker.py" if side == "ours" else "_reference_worker.py")
     out = tmp / f"{side}.json"
     cmd = [str(py), str(worker)] + (["run"] if side == "ours" else []) + [
         "--ckpt", str(ckpt), "--inputs", str(inputs), "--dtype", dtype, "--out", str(out),
-        "--max-vision-call-s", str(max_vision_call_s)]
+        "--max-vision-call-s", str(max_vision_call_s), "--repeats", str(repeats), "--new-tokens", str(new_tokens)]
     env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false")
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env)
@@ -342,7 +350,8 @@ def make_table(ours: dict | None, ref: dict | None, meta: dict) -> str:
         rows.append((f"vision encode {s}×{s} ({n} patches)", _fmt_s(o), rcell, _ratio(r, o)))
     ip = meta["inputs"]
     o, r = _get(ours, "image", "t1_s"), _get(ref, "image", "t1_s")
-    rows.append((f"time to first token (448² image + {ip['text_tokens']} text = {ip['image_prompt_tokens']} tokens)",
+    rows.append((f"time to first token (448² image + {ip['text_tokens']} text = "
+                 f"{ip['image_prompt_tokens']} tokens)",
                  _fmt_s(o), _fmt_s(r), _ratio(r, o)))
     o, r = _get(ours, "image", "decode_tok_s"), _get(ref, "image", "decode_tok_s")
     rows.append(("decode, single stream (image prompt)", _fmt_r(o), _fmt_r(r), _ratio(o, r)))
@@ -353,8 +362,8 @@ def make_table(ours: dict | None, ref: dict | None, meta: dict) -> str:
     rows.append(("peak RSS of the process", "—" if o is None else f"{o / 2**30:.2f} GiB",
                  "—" if r is None else f"{r / 2**30:.2f} GiB", _ratio(r, o)))
     o, r = _get(ours, "weight_bytes"), _get(ref, "weight_bytes")
-    rows.append(("weight bytes", "—" if o is None else f"{o / 1e9:.3f} GB", "—" if r is None else f"{r / 1e9:.3f} GB",
-                 _ratio(r, o)))
+    rows.append(("weight bytes", "—" if o is None else f"{o / 1e9:.3f} GB",
+                 "—" if r is None else f"{r / 1e9:.3f} GB", _ratio(r, o)))
     o, r = _get(ours, "load_s"), _get(ref, "load_s")
     rows.append(("load time (from disk)", _fmt_s(o), _fmt_s(r), _ratio(r, o)))
 
@@ -362,8 +371,11 @@ def make_table(ours: dict | None, ref: dict | None, meta: dict) -> str:
     lines = [f"| what | qwenvl (ours) | {ref_name} | ratio (>1 = ours better) |", "|---|---|---|---|"]
     for what, o, r, q in rows:
         lines.append(f"| {what} | {o} | {r} | {'—' if q is None else f'{q:.2f}×'} |")
-    notes.append(f"times: after one warm-up call, the median of 3 calls when one call took under {REPEAT_UNDER_S:.0f} s, "
-                 "else one call; decode rate = (t(17 new tokens) − t(1)) / 16 × batch, greedy, no stop token")
+    nt, reps = meta.get("new_tokens", NEW_TOKENS), meta.get("repeats", 0)
+    how = ("one call" if reps == 1 else f"the median of {reps} calls" if reps else
+           f"the median of 3 calls when one call took under {REPEAT_UNDER_S:.0f} s, else one call")
+    notes.append(f"times: after one warm-up call, {how}; decode rate = (t({nt} new tokens) − t(1)) / {nt - 1} "
+                 "× batch, greedy, no stop token")
     if ref is not None:
         notes.append("peak RSS: ru_maxrss of each side's own process; the reference memory-maps the safetensors, so "
                      "its weights count as file-backed pages once touched, ours are anonymous memory")
@@ -404,9 +416,14 @@ def main() -> None:
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--quick", action="store_true", help="toy shape (2 vision blocks, 2 LLM layers, hidden 256)")
-    ap.add_argument("--out", default=None, help="JSON with all raw numbers (default bench/results/generate-<date>.json)")
+    ap.add_argument("--out", default=None,
+                    help="JSON with all raw numbers (default bench/results/generate-<date>.json)")
     ap.add_argument("--reference-max-call-s", type=float, default=0.0,
                     help="skip a reference vision size whose estimated single call exceeds this (0 = never)")
+    ap.add_argument("--repeats", type=int, default=0,
+                    help="timed calls per measurement (median); 0 = 3 when a call takes under 20 s, else 1")
+    ap.add_argument("--new-tokens", type=int, default=NEW_TOKENS,
+                    help="decode rate = (t(N new tokens) - t(1)) / (N - 1); default 17")
     ap.add_argument("--table-from", metavar="JSON", help="only print the table of an earlier run's JSON")
     args = ap.parse_args()
     if args.table_from:
@@ -415,10 +432,13 @@ def main() -> None:
         print(_header(saved) + "\n")
         print(make_table(saved.get("ours"), saved.get("reference"), saved))
         return
+    if args.new_tokens < 2:
+        ap.error("--new-tokens must be at least 2")
     if args.skip_reference and args.skip_ours:
         ap.error("nothing to run: both sides skipped")
-    cmdline = " ".join([Path(sys.executable).relative_to(ROOT).as_posix() if sys.executable.startswith(str(ROOT))
-                        else sys.executable, *[Path(sys.argv[0]).resolve().relative_to(ROOT).as_posix()], *sys.argv[1:]])
+    py = Path(sys.executable)
+    cmdline = " ".join([py.relative_to(ROOT).as_posix() if py.is_relative_to(ROOT) else sys.executable,
+                        Path(sys.argv[0]).resolve().relative_to(ROOT).as_posix(), *sys.argv[1:]])
     if not OURS_PY.is_file():
         raise SystemExit(f"{OURS_PY} not found: create the project's virtualenv first")
     if Path(sys.prefix).resolve() != OURS_PY.parent.parent.resolve():  # not in the project's venv: re-run there
@@ -437,7 +457,8 @@ def main() -> None:
     if not args.skip_reference:
         ensure_reference_venv()
     results: dict = {"command": cmdline, "started": started.isoformat(timespec="seconds"), "dtype": dtype,
-                     "dtype_reason": why, "shape": shape, "sizes": sizes, "checkpoint": str(ckpt.relative_to(ROOT)),
+                     "dtype_reason": why, "shape": shape, "sizes": sizes,
+                     "repeats": args.repeats, "new_tokens": args.new_tokens, "checkpoint": str(ckpt.relative_to(ROOT)),
                      "cpu": _cpu_name(), "protocol": __doc__.split("Protocol")[1].split("\n\n")[0].strip()}
     with tempfile.TemporaryDirectory(prefix="qwenvl-bench-") as td:
         tmp = Path(td)
@@ -446,16 +467,18 @@ def main() -> None:
         log(f"inputs: {results['inputs']}")
         ours = ref = None
         if not args.skip_ours:
-            ours = results["ours"] = run_side("ours", ckpt, inputs, dtype, tmp, 0.0)
+            ours = results["ours"] = run_side("ours", ckpt, inputs, dtype, tmp, 0.0, args.repeats, args.new_tokens)
         if not args.skip_reference:
-            ref = results["reference"] = run_side("reference", ckpt, inputs, dtype, tmp, args.reference_max_call_s)
+            ref = results["reference"] = run_side("reference", ckpt, inputs, dtype, tmp, args.reference_max_call_s,
+                                                  args.repeats, args.new_tokens)
         if ours and ref:
             msg, check = compare_tokens(ours, ref, tmp, sizes[0])
             results["token_check"] = msg
             results["agreement"] = check
             log(msg)
     results["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
-    out = Path(args.out) if args.out else BENCH / "results" / f"generate-{started:%Y-%m-%d}{'-quick' if args.quick else ''}.json"
+    name = f"generate-{started:%Y-%m-%d}{'-quick' if args.quick else ''}.json"
+    out = Path(args.out) if args.out else BENCH / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     table = make_table(ours, ref, results)
