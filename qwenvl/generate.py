@@ -126,8 +126,3 @@ def generate(model, tokenizer, batch: Batch, params: list[SamplingParams], stop_
             out[ev.row] = ev.finished
     return out  # type: ignore[return-value]
 
-
-def greedy(model, batch: Batch, max_new_tokens: int, stop_ids=frozenset(), tokenizer=None) -> list[list[int]]:
-    """Greedy token ids of each row (stop id kept), for quick checks and the demo."""
-    params = [SamplingParams(max_new_tokens=max_new_tokens)] * batch.batch_size
-    return [g.token_ids for g in generate(model, tokenizer, batch, params, set(stop_ids))]
