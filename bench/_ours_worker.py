@@ -71,12 +71,8 @@ class Ours:
         import qwenvl
         self.vlm = qwenvl.load(ckpt, dtype=dtype, device="cpu")
         self.dtype = dtype
-        seen, total = set(), 0
-        for p in self.vlm.model.parameters():  # tied weights counted once
-            if p.data_ptr() not in seen:
-                seen.add(p.data_ptr())
-                total += p.numel() * p.element_size()
-        self.weight_bytes = total
+        from qwenvl.model.packed import weight_bytes
+        self.weight_bytes = weight_bytes(self.vlm.model)  # packed linears included
         self.versions = {"qwenvl": qwenvl.__version__, "torch": torch.__version__}
 
     def vision(self, pixel_values, grid_thw):

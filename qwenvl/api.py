@@ -103,7 +103,7 @@ class VLM:
     def save(self, path: str | os.PathLike) -> None:
         """Write an HF directory (original layout) with the tokenizer/processor files copied alongside."""
         path = Path(path)
-        save_model(self.model, path)
+        save_model(self.model, path)  # packed linears are written back as their plain HF weights
         if self.path is not None and self.path.resolve() != path.resolve():
             import shutil
             for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
@@ -113,8 +113,10 @@ class VLM:
                     shutil.copy2(self.path / name, path / name)
 
 
-def load(path: str | os.PathLike | None = None, *, dtype=None, device=None) -> VLM:
-    """Load a Qwen2.5-VL checkpoint directory (HF layout). `dtype` defaults to the checkpoint's `torch_dtype`."""
+def load(path: str | os.PathLike | None = None, *, dtype=None, device=None, pack: bool | None = None) -> VLM:
+    """Load a Qwen2.5-VL checkpoint directory (HF layout). `dtype` defaults to the checkpoint's `torch_dtype`
+    (float32 on a CPU without native bf16). `pack` pre-packs the linear weights for oneDNN (inference only; default:
+    on wherever the CPU supports it, see `qwenvl.model.packed`)."""
     if path is None:
         raise FileNotFoundError("no embedded default model is bundled yet; pass the path of a Qwen2.5-VL checkpoint "
                                 "directory, e.g. qwenvl.load('/models/Qwen2.5-VL-3B-Instruct')")
@@ -127,9 +129,25 @@ def load(path: str | os.PathLike | None = None, *, dtype=None, device=None) -> V
     _check_token_ids(config, tokenizer, path)
     processor = Processor.from_dir(path, tokenizer, config)
     model = load_model(path, config, dtype=parse_dtype(dtype), device=device)
+    _maybe_pack(model, pack)
     vlm = VLM(model, tokenizer, config, path, processor)
     log.info("ready in %.1f s", time.perf_counter() - t0)
     return vlm
+
+
+def _maybe_pack(model, pack: bool | None) -> None:
+    from .model.packed import pack_model, packing_supported
+
+    ok = packing_supported(model.dtype, model.device)
+    if pack and not ok:
+        raise ValueError(f"pack=True needs a CPU model whose dtype oneDNN can pack on this machine; this one is "
+                         f"{model.dtype} on {model.device}. Pass pack=False (or None for automatic)")
+    if pack is None:
+        pack = ok
+    if pack:
+        t0 = time.perf_counter()
+        n = pack_model(model)
+        log.info("packed %d linear products for oneDNN in %.1f s", n, time.perf_counter() - t0)
 
 
 def _read_generation_config(path: Path | None) -> dict:

@@ -234,7 +234,9 @@ def save_model(model: QwenVL, path: str | os.PathLike, *, max_shard_bytes: int =
     cfg = model.config.to_hf()
     cfg["torch_dtype"] = str(model.dtype).removeprefix("torch.")
     (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+    from .model.packed import dense_state_dict
+
+    state = {k: v.detach().contiguous().cpu() for k, v in dense_state_dict(model).items()
              if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0

@@ -124,3 +124,9 @@ def test_vision_tower_real_3b_shape_8_blocks():
         out = ours(pix, grid)
     assert out.shape == ref.shape == (32 * 46 // 4, 2048)
     assert (out - ref).abs().max().item() <= 1e-4, (out - ref).abs().max().item()
+    from qwenvl.model.packed import pack_model, packing_supported
+    if packing_supported(torch.float32):  # the oneDNN-packed path load() uses on CPUs
+        pack_model(ours)
+        with torch.no_grad():
+            out = ours(pix, grid)
+        assert (out - ref).abs().max().item() <= 1e-4, (out - ref).abs().max().item()

@@ -62,6 +62,8 @@ class VisionMLP(nn.Module):
         self.gate_proj = nn.Linear(dim, hidden, bias=bias)
         self.up_proj = nn.Linear(dim, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, dim, bias=bias)
+        self.gate_up_fused = None  # set by model.packed.pack_model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        g, u = self.gate_up_fused(x) if self.gate_up_fused is not None else (self.gate_proj(x), self.up_proj(x))
+        return self.down_proj(F.silu(g) * u)

@@ -31,11 +31,11 @@ class QwenVL(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        return self.model.embed_tokens.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        return self.model.embed_tokens.weight.device
 
     # ------------------------------------------------------------------ pieces
     def rope_index(self, input_ids, attention_mask=None, image_grid_thw=None, video_grid_thw=None,
