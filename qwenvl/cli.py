@@ -70,13 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True, help="the question; '-' reads it from stdin")
     g.add_argument("--system", help="system prompt")
     add_sampling_args(g)
-    g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text; boxes, "
+                   "points, document blocks, time spans and tool calls found in the answer are added under "
+                   "'structured' in the original image's coordinates")
+    g.add_argument("--constrain", choices=["bbox", "point"], help="only allow a bbox_2d / point_2d JSON list")
+    g.add_argument("--draw", metavar="PNG", help="write the first image with the answer's boxes/points/blocks drawn")
     g.set_defaults(func=cmd_generate)
     c = sub.add_parser("chat", help="interactive chat (/image PATH, /video PATH, /reset, /quit)")
     add_model_args(c)
     c.add_argument("--system", help="system prompt")
     add_sampling_args(c)
     c.set_defaults(func=cmd_chat)
+
+    from .cli_train import register as register_train
+    register_train(sub)
+    from .cli_eval import register as register_eval
+    register_eval(sub)
     return p
 
 

@@ -79,14 +79,46 @@ def cmd_generate(args) -> int:
     content.append({"type": "text", "text": prompt})
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
         [{"role": "user", "content": content}]
+    if args.draw and not args.image:
+        raise CLIError("--draw needs an --image to draw on")
+    options = sampling_options(args)
+    if args.constrain:
+        options["constraint"] = args.constrain
     vlm = load_model(args)
-    g, ttft, total = _stream_answer(vlm, messages, sampling_options(args), echo=not args.json)
+    g, ttft, total = _stream_answer(vlm, messages, options, echo=not args.json)
+    from .tasks import structured
+    found = structured(g.text, g.media)
     if args.json:
-        print(json.dumps(generation_json(g), ensure_ascii=False))
+        out = generation_json(g)
+        if found is not None:
+            out["structured"] = found
+        print(json.dumps(out, ensure_ascii=False))
     else:
         print()
+    if args.draw:
+        _draw(args.image[0], found, args.draw)
     _report(g, ttft, total)
     return 0
+
+
+def _draw(image_path: str, found: dict | None, out_path: str) -> None:
+    """The first image with what the answer located (original coordinates), as PNG."""
+    from .tasks.draw import draw_detections, draw_document, save_png
+    from .tasks.types import Detection, DocBlock
+
+    if found and "objects" in found:
+        dets = [Detection(label=o.get("label", ""), bbox=tuple(o["bbox_2d"]) if "bbox_2d" in o else None,
+                          point=tuple(o["point_2d"]) if "point_2d" in o else None) for o in found["objects"]]
+        img = draw_detections(image_path, dets)
+    elif found and "blocks" in found:
+        blocks = [DocBlock(kind=b["kind"], bbox=tuple(b["bbox"]) if b["bbox"] else None, text=b["text"])
+                  for b in found["blocks"]]
+        img = draw_document(image_path, blocks)
+    else:
+        img = draw_detections(image_path, [])
+        print("qwenvl: nothing to draw in the answer; wrote the image unchanged", file=sys.stderr)
+    save_png(img, out_path)
+    print(f"wrote {out_path}", file=sys.stderr)
 
 
 CHAT_HELP = "commands: /image PATH, /video PATH, /reset, /quit"

@@ -5,6 +5,7 @@ dropped), so finished rows stop costing compute. Text is detokenized incremental
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -60,9 +61,18 @@ class _Row:
         self.detok = IncrementalDetokenizer(tokenizer, params.stop)
         self.stop_ids = set(stop_ids) | set(params.stop_token_ids)
         self.media, self.prompt_len, self.visual = media, len(prompt_ids), visual
+        self.tokenizer, self.constraint = tokenizer, None
+        if params.constraint is not None:
+            from .tasks.constrained import grounding_constraint
+            self.constraint = grounding_constraint(tokenizer, params.constraint, self.stop_ids)
 
     def step(self, logits: torch.Tensor) -> tuple[int, str, Generation | None]:
+        if self.constraint is not None:
+            logits = self.constraint.mask(logits)
         tok = int(self.sampler(logits.unsqueeze(0), [self.history], [len(self.generated)], [self.stop_ids])[0])
+        if self.constraint is not None:
+            from .tasks.constrained import token_bytes
+            self.constraint.advance(token_bytes(self.tokenizer, tok))
         self.generated.append(tok)
         self.history.append(tok)
         if tok in self.stop_ids:  # the sampler never picks one before min_new_tokens
@@ -79,9 +89,29 @@ class _Row:
                           Usage(self.prompt_len, self.visual, len(self.generated)), self.media, stop)
 
 
+DECODE_MODES = ("auto", "eager", "static", "graph")
+
+
+def _decode_mode(mode: str, device: torch.device) -> str:
+    if mode not in DECODE_MODES:
+        raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
+    if mode == "auto":
+        off = os.environ.get("QWENVL_CUDA_GRAPHS", "1") == "0"
+        return "graph" if device.type == "cuda" and not off else "eager"
+    if mode == "graph" and device.type != "cuda":
+        raise ValueError("decode mode 'graph' (CUDA graphs) needs a CUDA model")
+    return mode
+
+
 @torch.inference_mode()
-def run(model, tokenizer, batch: Batch, params: list[SamplingParams], stop_ids: set[int]) -> Iterator[TokenEvent]:
-    """Yield one TokenEvent per generated token of every row, the last one of a row carrying its Generation."""
+def run(model, tokenizer, batch: Batch, params: list[SamplingParams], stop_ids: set[int],
+        decode: str = "auto") -> Iterator[TokenEvent]:
+    """Yield one TokenEvent per generated token of every row, the last one of a row carrying its Generation.
+
+    decode: 'eager' (one forward per step over the used part of the cache), 'static' (fixed shapes over the whole
+    cache), 'graph' (static steps replayed as CUDA graphs), 'auto' (graph on CUDA unless QWENVL_CUDA_GRAPHS=0,
+    else eager)."""
+    mode = _decode_mode(decode, model.device)
     c = model.config
     b = batch.to(model.device)
     B, T = b.input_ids.shape
@@ -99,6 +129,9 @@ def run(model, tokenizer, batch: Batch, params: list[SamplingParams], stop_ids: 
                    position_ids=pos, cache=cache, logits_to_keep=1)[:, -1]  # prefill: (B, V)
     active = list(range(B))  # batch index -> row
     step = 0
+    decoder = None
+    if mode != "eager":
+        cache.make_static()
     while active:
         next_ids, keep = [], []
         for j, r in enumerate(active):
@@ -115,13 +148,24 @@ def run(model, tokenizer, batch: Batch, params: list[SamplingParams], stop_ids: 
             delta = delta[idx]
             active = [active[j] for j in keep]
         ids = torch.tensor(next_ids, device=b.input_ids.device).view(-1, 1)
-        logits = model(ids, position_ids=decode_position_ids(T + step, 1, delta), cache=cache)[:, -1]
+        pos = decode_position_ids(T + step, 1, delta)
+        if mode == "graph":
+            if decoder is None or not decoder.matches(cache):  # first step, or rows left the batch
+                from .model.cuda_graph import GraphDecoder
+                cache.static_slot.fill_(T + step)
+                decoder = GraphDecoder(model, cache)
+            logits = decoder.step(ids, pos, T + step)
+        else:
+            if mode == "static":
+                cache.static_slot.fill_(T + step)
+            logits = model(ids, position_ids=pos, cache=cache)[:, -1]
         step += 1
 
 
-def generate(model, tokenizer, batch: Batch, params: list[SamplingParams], stop_ids: set[int]) -> list[Generation]:
+def generate(model, tokenizer, batch: Batch, params: list[SamplingParams], stop_ids: set[int],
+             decode: str = "auto") -> list[Generation]:
     out: list[Generation | None] = [None] * batch.batch_size
-    for ev in run(model, tokenizer, batch, params, stop_ids):
+    for ev in run(model, tokenizer, batch, params, stop_ids, decode):
         if ev.finished is not None:
             out[ev.row] = ev.finished
     return out  # type: ignore[return-value]

@@ -40,6 +40,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    constraint: str | None = None  # "bbox" / "point": only a grounding JSON list may be generated
 
     @property
     def greedy(self) -> bool:
@@ -75,6 +76,8 @@ class SamplingParams:
             bad("stop", "a tuple of non-empty strings")
         if not isinstance(self.stop_token_ids, tuple) or not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
             bad("stop_token_ids", "a tuple of integers >= 0")
+        if self.constraint not in (None, "bbox", "point"):
+            bad("constraint", "None, 'bbox' or 'point' (a bbox_2d / point_2d JSON list)")
 
     @classmethod
     def from_options(cls, defaults: dict | None = None, **options) -> "SamplingParams":

@@ -135,3 +135,23 @@ def test_bad_options_are_clear(loaded):
         vlm.generate(CONVS["text"], bogus=1)
     with pytest.raises(ValueError, match="top_p"):
         vlm.generate(CONVS["text"], top_p=0)
+
+
+def test_static_decode_equals_eager(loaded):
+    """The fixed-shape decode step that CUDA graphs replay (attention over the whole cache with a mask, the slot
+    in a device tensor) gives the eager path's tokens, also when rows leave the batch at different steps."""
+    from qwenvl.generate import generate
+    from qwenvl.sampling import SamplingParams
+
+    vlm, _ = loaded
+    convs = [CONVS["image"], CONVS["text"], CONVS["video"]]
+    batch = vlm.processor(convs)
+    params = [SamplingParams(max_new_tokens=n) for n in (N, 7, 19)]  # rows finish at different steps
+    eager = generate(vlm.model, vlm.tokenizer, batch, params, set(), decode="eager")  # no stop: exact lengths
+    static = generate(vlm.model, vlm.tokenizer, batch, params, set(), decode="static")
+    assert [g.token_ids for g in static] == [g.token_ids for g in eager]
+    assert [len(g.token_ids) for g in eager] == [N, 7, 19]
+    with pytest.raises(ValueError, match="CUDA"):
+        generate(vlm.model, vlm.tokenizer, batch, params, vlm.stop_ids, decode="graph")
+    with pytest.raises(ValueError, match="decode mode"):
+        generate(vlm.model, vlm.tokenizer, batch, params, vlm.stop_ids, decode="fast")

@@ -17,6 +17,14 @@ class KVCache:
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.max_len = max_len
         self.length = 0  # slots written so far (host-side counter; no device sync)
+        self.static_slot: torch.Tensor | None = None  # set by make_static(): fixed-shape one-token steps
+
+    def make_static(self) -> None:
+        """Switch to fixed-shape decode steps (for CUDA graphs): one token per step, written at the slot held in
+        the device tensor `static_slot`, attention over all max_len slots with a mask. Shapes never change, and
+        no host value is read inside a step."""
+        self.static_slot = torch.tensor([self.length], device=self.valid.device)
+        self._ar = torch.arange(self.max_len, device=self.valid.device)
 
     @property
     def batch(self) -> int:
@@ -24,6 +32,12 @@ class KVCache:
 
     def reserve(self, n: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Claim the next n slots for every row; returns their indices (n,). Rows' validity from the mask."""
+        if self.static_slot is not None:
+            if n != 1:
+                raise ValueError("a static KV cache takes one token per step")
+            self.valid.index_fill_(1, self.static_slot, True)
+            self.length += 1
+            return self.static_slot
         if self.length + n > self.max_len:
             raise ValueError(f"KV cache full: {self.length} + {n} tokens > max_len {self.max_len}; "
                              "create the cache with a larger max_len")
@@ -37,10 +51,14 @@ class KVCache:
         kc, vc = self.k[layer], self.v[layer]
         kc.index_copy_(2, slots, k.to(kc.dtype))
         vc.index_copy_(2, slots, v.to(vc.dtype))
+        if self.static_slot is not None:
+            return kc, vc
         return kc[:, :, : self.length], vc[:, :, : self.length]
 
     def mask(self, slots: torch.Tensor) -> torch.Tensor:
         """(B, 1, n, length) bool: causal over slots, real keys only; a query always sees itself (no NaN rows)."""
+        if self.static_slot is not None:  # (B, 1, 1, max_len)
+            return ((self._ar <= slots) & self.valid).view(self.batch, 1, 1, self.max_len)
         k = torch.arange(self.length, device=slots.device)
         causal = k.view(1, -1) <= slots.view(-1, 1)  # (n, L)
         m = causal.unsqueeze(0) & self.valid[:, None, : self.length]  # (B, n, L)

@@ -46,7 +46,9 @@ def mrope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, mrope
     """
     freqs = inv_freq(head_dim, theta, position_ids.device)  # (D/2,)
     s0, s1, s2 = mrope_section
-    comp = torch.cat([torch.full((s0,), 0), torch.full((s1,), 1), torch.full((s2,), 2)]).to(position_ids.device)
+    dev = position_ids.device  # built there: no host-to-device copy (decode steps are captured as CUDA graphs)
+    comp = torch.cat([torch.full((s0,), 0, device=dev), torch.full((s1,), 1, device=dev),
+                      torch.full((s2,), 2, device=dev)])
     pos = position_ids.float()  # (3, B, T)
     sel = pos[comp]  # (D/2, B, T): per frequency, the component it uses
     ang = sel.permute(1, 2, 0) * freqs  # (B, T, D/2)

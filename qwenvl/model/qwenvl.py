@@ -76,13 +76,18 @@ class QwenVL(nn.Module):
                 pixel_values=None, image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None,
                 second_per_grid_ts=None, position_ids: torch.Tensor | None = None,
                 cache: KVCache | None = None, inputs_embeds: torch.Tensor | None = None,
-                logits_to_keep: int = 0) -> torch.Tensor:
+                logits_to_keep: int = 0, segments=None, return_hidden: bool = False) -> torch.Tensor:
         """Logits (B, T, V) (or the last `logits_to_keep` positions).
+
+        Training: `segments` [(start, end), ...] isolates packed samples (pass their own `position_ids`);
+        `return_hidden` returns the final normed hidden states (B, T, C) so the loss can run lm_head in chunks.
 
         Without `position_ids`, positions are computed for a full prompt. With `cache`, the tokens are written
         at the next free slots; pass `position_ids` for decode steps (see `positions.decode_position_ids`).
         """
         B, T = input_ids.shape
+        if segments is not None and position_ids is None:
+            raise ValueError("segments (packed samples) need each sample's own position_ids (3, 1, T)")
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
         if position_ids is None:
@@ -102,7 +107,11 @@ class QwenVL(nn.Module):
             mask = mask.unsqueeze(1)
         else:
             mask = None
-        hidden = self.model(inputs_embeds, cos, sin, mask, cache, slots)
+        if segments is not None and (cache is not None or mask is not None or B != 1):
+            raise ValueError("segments (packed samples) need batch size 1, no cache and no attention mask")
+        hidden = self.model(inputs_embeds, cos, sin, mask, cache, slots, segments)
+        if return_hidden:
+            return hidden
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         return self.lm_head(hidden)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import TextConfig
 from .kv_cache import KVCache
@@ -21,7 +22,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
         self.qkv_fused = None  # set by model.packed.pack_model (inference on CPU)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, slots=None):
+    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, slots=None, segments=None):
         B, T, _ = x.shape
         if self.qkv_fused is not None:
             q, k, v = self.qkv_fused(x)
@@ -34,10 +35,14 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, slots, k, v)  # (B, Hkv, L, D)
-        if mask is None:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+        gqa = self.n_kv != self.n_heads
+        if segments is not None:  # packed samples: causal attention inside each [start, end) only
+            o = torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], is_causal=True,
+                                                          enable_gqa=gqa) for a, b in segments], dim=2)
+        elif mask is None:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
 
 
@@ -62,8 +67,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache=None, slots=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, slots)
+    def forward(self, x, cos, sin, mask, cache=None, slots=None, segments=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, slots, segments)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -76,10 +81,16 @@ class TextModel(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.gradient_checkpointing = False  # runtime knob (training): recompute each layer in backward
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None = None, slots: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, C) input embeddings; cos/sin: (B, T, D). Returns normed hidden states (B, T, C)."""
+                cache: KVCache | None = None, slots: torch.Tensor | None = None, segments=None) -> torch.Tensor:
+        """x: (B, T, C) input embeddings; cos/sin: (B, T, D). Returns normed hidden states (B, T, C).
+        `segments` [(start, end), ...]: packed samples attend only within their own span (training)."""
+        ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache, slots)
+            if ckpt:
+                x = checkpoint(layer, x, cos, sin, mask, cache, slots, segments, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, slots, segments)
         return self.norm(x)

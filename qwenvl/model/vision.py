@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import VisionConfig
 from . import positions
@@ -135,6 +136,7 @@ class VisionTransformer(nn.Module):
         self.merger = PatchMerger(cfg)
         self.fullatt = frozenset(cfg.fullatt_block_indexes)
         self._plans: OrderedDict = OrderedDict()
+        self.gradient_checkpointing = False  # runtime knob (training): recompute each block in backward
 
     def plan(self, grid_thw, device) -> GridPlan:
         key = (tuple(map(tuple, positions._grids(grid_thw))), str(device))
@@ -171,7 +173,9 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(pixel_values)  # (N, C)
         N, C = x.shape
         x = x.view(N // unit, unit, C)[p.window_index].view(N, C)  # window order, 2x2 groups kept together
+        ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
-            x = blk(x, p.cos, p.sin, p.full if i in self.fullatt else p.window)
+            seg = p.full if i in self.fullatt else p.window
+            x = checkpoint(blk, x, p.cos, p.sin, seg, use_reentrant=False) if ckpt else blk(x, p.cos, p.sin, seg)
         x = self.merger(x)  # (N/4, out)
         return x[p.reverse]

@@ -1,0 +1,363 @@
+"""The training loop: packed SFT or DPO, staged freezing, AdamW + cosine warmup, accumulation, clipping, autocast,
+activation checkpointing, exact resume, FSDP2 under torchrun.
+
+Data order is a pure function of (seed, epoch): each epoch's samples are permuted, packed into bins of at most
+`pack_length` true tokens, and the bins shuffled; the run walks the concatenation of the epochs' bins in groups of
+`grad_accum x world` bins per optimizer step. The data position is the index of the next bin, so a resumed run
+sees exactly the bins it would have seen. Checkpoints hold model, optimizer, scheduler, RNG and that position;
+with the same hardware and thread count a resumed run's losses equal the uninterrupted run's bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .config import TrainConfig
+from .packing import collate, packed_loss, plan_bins
+
+log = logging.getLogger(__name__)
+
+
+class BinStream:
+    """Deterministic sequence of bins (lists of sample indices) over epochs."""
+
+    def __init__(self, counts: list[int], capacity: int, seed: int, epochs: float):
+        self.counts, self.capacity, self.seed = counts, capacity, seed
+        self.full_epochs = int(math.floor(epochs))
+        self.frac = epochs - self.full_epochs
+        self._plans: dict[int, list[list[int]]] = {}
+        self.total = sum(len(self.plan(e)) for e in range(self.full_epochs))
+        if self.frac > 0:
+            self.total += int(len(self.plan(self.full_epochs)) * self.frac)
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._plans:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(len(self.counts), generator=g).tolist()
+            bins = plan_bins(self.counts, self.capacity, order)
+            perm = torch.randperm(len(bins), generator=g).tolist()
+            self._plans[epoch] = [bins[i] for i in perm]
+        return self._plans[epoch]
+
+    def bin(self, index: int) -> list[int]:
+        e = 0
+        while index >= len(self.plan(e)):
+            index -= len(self.plan(e))
+            e += 1
+        return self.plan(e)[index]
+
+
+def param_groups(model, cfg: TrainConfig) -> list[dict]:
+    """Freeze per the stage switches; one AdamW group per module kind (and no decay on norms/biases)."""
+    groups: dict[tuple[str, bool], list] = {}
+    lrs = {"vision": cfg.vision_lr or cfg.lr, "merger": cfg.merger_lr or cfg.lr, "llm": cfg.llm_lr or cfg.lr}
+    tune = {"vision": cfg.tune_vision, "merger": cfg.tune_merger, "llm": cfg.tune_llm}
+    seen = set()
+    for name, p in model.named_parameters():
+        kind = "merger" if name.startswith("visual.merger.") else "vision" if name.startswith("visual.") else "llm"
+        p.requires_grad_(tune[kind])
+        if not tune[kind] or id(p) in seen:
+            continue
+        seen.add(id(p))
+        decay = p.dim() >= 2 and "embed" not in name
+        groups.setdefault((kind, decay), []).append(p)
+    out = [{"params": ps, "lr": lrs[k], "weight_decay": cfg.weight_decay if decay else 0.0, "name": f"{k}"}
+           for (k, decay), ps in sorted(groups.items())]
+    if not out:
+        raise ValueError("no trainable parameters for this stage")
+    return out
+
+
+def cosine_lambda(total: int, warmup: int, min_ratio: float):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, vlm=None):
+        import qwenvl
+        from ..device import cpu_has_fast_bf16
+        from .data import PreferenceData, SFTData
+
+        cfg.validate()
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.dist = distributed.setup(cfg.device)
+        dev = self.dist.device
+        self.vlm = vlm if vlm is not None else qwenvl.load(cfg.model, dtype=cfg.dtype, device=dev, pack=False)
+        self.model = self.vlm.model
+        self.model.train()
+        native_bf16 = dev.type == "cuda" or cpu_has_fast_bf16()
+        self.amp = cfg.autocast == "bfloat16" or (cfg.autocast == "auto" and native_bf16)
+        if cfg.activation_checkpointing:
+            self.model.visual.gradient_checkpointing = True
+            self.model.model.gradient_checkpointing = True
+        groups = param_groups(self.model, cfg)
+        if self.dist.enabled:
+            distributed.shard_model(self.model, self.dist)
+            groups = param_groups(self.model, cfg)  # sharded parameters replace the originals
+        kw = dict(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, fps=cfg.fps, max_length=cfg.pack_length,
+                  on_error=cfg.on_error)
+        data_cls = PreferenceData if cfg.objective == "dpo" else SFTData
+        self.data = data_cls(cfg.data, self.vlm.processor, **kw)
+        if len(self.data) == 0:
+            raise ValueError(f"no usable training records in {cfg.data}")
+        counts = [self.data.token_count(i) for i in range(len(self.data))]
+        self.stream = BinStream(counts, cfg.pack_length, cfg.seed, cfg.epochs)
+        self.group = cfg.grad_accum * self.dist.world
+        self.total_steps = cfg.max_steps or max(1, self.stream.total // self.group)
+        warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * self.total_steps))
+        fused = {"foreach": True} if dev.type == "cpu" else {"fused": True}
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **fused)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, cosine_lambda(self.total_steps, warmup,
+                                                                               cfg.min_lr_ratio))
+        self.step = 0
+        self.next_bin = 0
+        self.out = Path(cfg.out_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self._stop = False
+        self.ref_logps = None
+        if cfg.objective == "dpo":
+            self.ref_logps = self._reference_logps()
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict:
+        from .checkpoint import capture_rng
+        return dict(model_state=self._model_state(), optimizer_state=self.opt.state_dict(),
+                    scheduler_state=self.sched.state_dict(), rng_state=capture_rng(),
+                    data_state={"next_bin": self.next_bin, "step": self.step, "seed": self.cfg.seed})
+
+    def _model_state(self) -> dict:
+        if self.dist.enabled:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.detach() for k, v in self.model.state_dict().items()}
+
+    def save(self) -> None:
+        from .checkpoint import save_checkpoint
+        if self.dist.enabled:
+            self._save_distributed()
+            return
+        save_checkpoint(self.ckpt_dir, self.step, keep=self.cfg.keep, extra={"config": self.cfg.to_dict()},
+                        **self.state())
+
+    def _save_distributed(self) -> None:
+        """torch.distributed.checkpoint: every rank writes its shards; rank 0 the position and RNG."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        from .checkpoint import capture_rng
+        model_sd, optim_sd = get_state_dict(self.model, self.opt)
+        path = self.ckpt_dir / f"dcp-step-{self.step:08d}"
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
+        meta = {"step": self.step, "next_bin": self.next_bin, "scheduler": self.sched.state_dict()}
+        torch.save({"rng": capture_rng(), **meta}, path / f"rank{self.dist.rank}.pt")
+        distributed.barrier(self.dist)
+        if self.dist.main:
+            (self.ckpt_dir / "latest-dcp.tmp").write_text(path.name)
+            (self.ckpt_dir / "latest-dcp.tmp").replace(self.ckpt_dir / "latest-dcp")
+
+    def resume(self) -> bool:
+        """Continue from the newest complete checkpoint in out_dir; False when there is none."""
+        from .checkpoint import NoCheckpointError, load_checkpoint, restore_rng
+        if self.dist.enabled:
+            return self._resume_distributed()
+        try:
+            ck = load_checkpoint(self.ckpt_dir)
+        except NoCheckpointError:
+            return False
+        self.model.load_state_dict(ck["model_state"])
+        self.opt.load_state_dict(ck["optimizer_state"])
+        self.sched.load_state_dict(ck["scheduler_state"])
+        restore_rng(ck["rng_state"])
+        self.step, self.next_bin = ck["data_state"]["step"], ck["data_state"]["next_bin"]
+        log.info("resumed from %s (step %d)", ck["path"], self.step)
+        return True
+
+    def _resume_distributed(self) -> bool:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        from .checkpoint import restore_rng
+        latest = self.ckpt_dir / "latest-dcp"
+        if not latest.is_file():
+            return False
+        path = self.ckpt_dir / latest.read_text().strip()
+        model_sd, optim_sd = get_state_dict(self.model, self.opt)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(self.model, self.opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        meta = torch.load(path / f"rank{self.dist.rank}.pt", weights_only=False)
+        restore_rng(meta["rng"])
+        self.sched.load_state_dict(meta["scheduler"])
+        self.step, self.next_bin = meta["step"], meta["next_bin"]
+        return True
+
+    # ------------------------------------------------------------------ steps
+    def _autocast(self):
+        if not self.amp:
+            return nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
+
+    def _my_bins(self) -> list[list[int]]:
+        idx = range(self.next_bin + self.dist.rank, self.next_bin + self.group, self.dist.world)
+        return [self.stream.bin(i) for i in idx]
+
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        bins = self._my_bins()
+        if self.cfg.objective == "dpo":
+            loss, n_samples, n_tokens, extra = self._dpo_step(bins)
+        else:
+            batches = [collate([self.data[i] for i in b]) for b in bins]
+            n_loss = distributed.all_reduce_sum(sum(b.num_loss_tokens for b in batches), self.dist)
+            total = 0.0
+            for b in batches:
+                with self._autocast():
+                    s, _, _ = packed_loss(self.model, b.to(self.dist.device))
+                (s * self.dist.world / max(n_loss, 1)).backward()
+                total += float(s.detach())
+            loss = distributed.all_reduce_sum(total, self.dist) / max(n_loss, 1)
+            n_samples = sum(len(b) for b in bins)
+            n_tokens = sum(b.num_tokens for b in batches)
+            extra = {"loss_tokens": int(n_loss)}
+        norm = torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]],
+                                              self.cfg.max_grad_norm or float("inf"))
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        lr = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        self.next_bin += self.group
+        dt = time.perf_counter() - t0
+        n_samples = distributed.all_reduce_sum(n_samples, self.dist)
+        n_tokens = distributed.all_reduce_sum(n_tokens, self.dist)
+        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": float(norm), "samples": int(n_samples),
+                "tokens": int(n_tokens), "seconds": dt, "samples_per_s": n_samples / dt, "tokens_per_s": n_tokens / dt,
+                **extra}
+
+    # ------------------------------------------------------------------ DPO
+    def _pair_logps(self, pairs) -> torch.Tensor:
+        """(2K,) summed log-probs of chosen/rejected answers, packed into one sequence."""
+        samples = [s for p in pairs for s in (p.chosen, p.rejected)]
+        b = collate(samples).to(self.dist.device)
+        with self._autocast():
+            _, per_sum, _ = packed_loss(self.model, b)
+        return -per_sum
+
+    @torch.no_grad()
+    def _reference_logps(self) -> dict[int, tuple[float, float]]:
+        """Reference log-probs of every pair, computed once with the initial (frozen) weights."""
+        cache = self.out / "reference_logps.json"
+        if cache.is_file():
+            return {int(k): tuple(v) for k, v in json.loads(cache.read_text()).items()}
+        self.model.eval()
+        out = {}
+        for i in range(len(self.data)):
+            lp = self._pair_logps([self.data[i]]).float().tolist()
+            out[i] = (lp[0], lp[1])
+        self.model.train()
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(out))
+        return out
+
+    def _dpo_step(self, bins):
+        from .dpo import dpo_loss
+        n_pairs = distributed.all_reduce_sum(sum(len(b) for b in bins), self.dist)
+        total, metrics, tokens = 0.0, {}, 0
+        for b in bins:
+            pairs = [self.data[i] for i in b]
+            lp = self._pair_logps(pairs)
+            ref = torch.tensor([self.ref_logps[i] for i in b], dtype=lp.dtype, device=lp.device)
+            loss, m = dpo_loss(lp[0::2], lp[1::2], ref[:, 0], ref[:, 1], beta=self.cfg.beta,
+                               label_smoothing=self.cfg.label_smoothing)
+            (loss * len(b) * self.dist.world / n_pairs).backward()
+            total += float(loss.detach()) * len(b)
+            tokens += sum(p.chosen.num_tokens + p.rejected.num_tokens for p in pairs)
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) * len(b) / max(n_pairs, 1)
+        return distributed.all_reduce_sum(total, self.dist) / n_pairs, n_pairs, tokens, metrics
+
+    # ------------------------------------------------------------------ loop
+    def _on_sigterm(self, *_):
+        log.warning("SIGTERM: finishing this step, saving a checkpoint, then stopping")
+        self._stop = True
+
+    def fit(self, resume: bool = True) -> list[dict]:
+        from tqdm import tqdm
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        old = signal.signal(signal.SIGTERM, self._on_sigterm) if self._is_main_thread() else None
+        history = []
+        metrics_file = (self.out / "metrics.jsonl").open("a") if self.dist.main else None
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not self.dist.main,
+                   dynamic_ncols=True)
+        try:
+            while self.step < self.total_steps and self.next_bin + self.group <= self._available_bins():
+                m = self.train_step()
+                history.append(m)
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
+                if metrics_file:
+                    metrics_file.write(json.dumps(m) + "\n")
+                    metrics_file.flush()
+                if self.step % self.cfg.log_every == 0:
+                    log.info("step %d loss %.4f lr %.3g %.1f samples/s", m["step"], m["loss"], m["lr"],
+                             m["samples_per_s"])
+                if self._stop or (self.cfg.save_every and self.step % self.cfg.save_every == 0):
+                    self.save()
+                if self._stop:
+                    break
+            if not self._stop:
+                self.save()
+                if self.cfg.export:
+                    self.export(self.out / "export")
+        finally:
+            bar.close()
+            if metrics_file:
+                metrics_file.close()
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+        return history
+
+    def _available_bins(self) -> float:
+        return float("inf") if self.cfg.max_steps else self.stream.total  # max_steps may run past `epochs`
+
+    @staticmethod
+    def _is_main_thread() -> bool:
+        import threading
+        return threading.current_thread() is threading.main_thread()
+
+    def export(self, path) -> Path:
+        """An HF directory (original layout + tokenizer/processor files) readable by qwenvl.load and transformers.
+        Under FSDP every rank takes part in gathering the full weights; rank 0 writes them."""
+        from ..api import VLM
+        from ..model.qwenvl import QwenVL
+
+        path = Path(path)
+        state = self._model_state()
+        if self.dist.main:
+            with torch.device("meta"):
+                plain = QwenVL(self.vlm.config)
+            plain.load_state_dict(state, assign=True)
+            plain.tie_weights()
+            VLM(plain.eval(), self.vlm.tokenizer, self.vlm.config, self.vlm.path).save(path)
+            log.info("exported %s", path)
+        distributed.barrier(self.dist)
+        return path
