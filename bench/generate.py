@@ -485,7 +485,7 @@ def main() -> None:
     print(f"$ {cmdline}\n")
     print(_header(results) + "\n")
     print(table)
-    print(f"\nraw numbers: {out.relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out}")
+    print(f"\nraw numbers: {out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out}")
 
 
 def _header(r: dict) -> str:

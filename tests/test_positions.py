@@ -102,3 +102,31 @@ def test_rope_index_matches_oracle(seed):
     pos, delta = positions.get_rope_index(input_ids, mask, ig, vg, spg or None, **IDS)
     assert torch.equal(pos, ref_pos)
     assert torch.equal(delta, ref_delta.view(-1, 1))
+
+
+def test_varlen_kernel_contract_matches_the_sdpa_path():
+    """The flash-attn varlen call (one kernel over all windows, cu_seqlens int32 + max length) gives the same
+    result as the per-group SDPA path. flash-attn itself needs CUDA; a reference varlen function with its exact
+    signature stands in here, so what is checked is our boundaries, lengths and layout."""
+    import torch.nn.functional as F
+
+    from qwenvl.model.vision import SegmentPlan, flash_varlen, segment_attention
+
+    def varlen(q, k, v, cu_q, cu_k, max_q, max_k):
+        assert cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k) and max_q == max_k
+        assert max_q == int((cu_q[1:] - cu_q[:-1]).max())
+        outs = []
+        for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+            o = F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)))
+            outs.append(o.transpose(0, 1))
+        return torch.cat(outs)
+
+    grid = torch.tensor([[1, 20, 28], [2, 8, 12]])
+    _, cu = positions.window_index(grid, 2, 112, 14)
+    plan = SegmentPlan.from_cu_seqlens(cu)
+    n = int(cu[-1])
+    q, k, v = (torch.randn(n, 4, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    want = segment_attention(q, k, v, plan)
+    got = segment_attention(q, k, v, plan, flash=varlen)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert flash_varlen(q) is None  # CPU / fp32: the SDPA path is used

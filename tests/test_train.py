@@ -230,3 +230,68 @@ def test_dpo_stage_starts_at_log2_and_learns_the_preference(setup, tmp_path):
     assert abs(hist[0]["loss"] - np.log(2)) < 1e-5  # policy == reference at the first step
     assert hist[-1]["loss"] < 0.3 and hist[-1]["accuracy"] == 1.0
     assert (tmp_path / "dpo" / "reference_logps.json").is_file()
+
+
+def test_activation_checkpointing_gives_the_same_gradients(setup):
+    from qwenvl.train.data import SFTData
+
+    ckpt, data, _ = setup
+    vlm = qwenvl.load(ckpt, dtype=torch.float32, pack=False)
+    for p in vlm.model.parameters():
+        p.requires_grad_(True)
+    batch = collate([SFTData([str(data)], vlm.processor)[i] for i in (0, 1, 3)])
+    grads = []
+    for on in (False, True):
+        vlm.model.visual.gradient_checkpointing = vlm.model.model.gradient_checkpointing = on
+        vlm.model.zero_grad(set_to_none=True)
+        s, _, _ = packed_loss(vlm.model, batch)
+        s.backward()
+        grads.append({n: p.grad.clone() for n, p in vlm.model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5), n
+
+
+def test_param_groups_follow_switches_and_module_learning_rates(setup):
+    from qwenvl.train.trainer import param_groups
+
+    vlm = qwenvl.load(setup[0], dtype=torch.float32, pack=False)
+    cfg = _cfg(setup, "unused", stage="all", lr=1e-4, vision_lr=1e-6, merger_lr=1e-5, weight_decay=0.1)
+    groups = param_groups(vlm.model, cfg)
+    by = {}
+    for g in groups:
+        by.setdefault(g["name"], set()).add(g["lr"])
+        if g["weight_decay"]:
+            assert all(p.dim() >= 2 for p in g["params"])
+    assert by == {"vision": {1e-6}, "merger": {1e-5}, "llm": {1e-4}}
+    n_train = sum(p.numel() for g in groups for p in g["params"])
+    assert n_train == sum(p.numel() for p in vlm.model.parameters())  # tied weights counted once
+    cfg = _cfg(setup, "unused", stage="vision")
+    groups = param_groups(vlm.model, cfg)
+    assert {g["name"] for g in groups} == {"vision", "merger"}
+    assert not any(p.requires_grad for n, p in vlm.model.named_parameters() if n.startswith("model."))
+
+
+def _torchrun(cfg, timeout=900):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(29500 + (os.getpid() + int(time.time())) % 1000), "-m", "qwenvl", "train",
+                           "--config", str(cfg)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_fsdp2_sharded_checkpoint_resume(setup, tmp_path):
+    """Two processes save sharded checkpoints (torch.distributed.checkpoint); a run stopped after 2 steps and
+    restarted reproduces the uninterrupted 4-step run's losses."""
+    full = tmp_path / "full"
+    r = _torchrun(_yaml(setup, tmp_path / "f.yaml", full, max_steps=4, save_every=1))
+    assert r.returncode == 0, r.stderr[-3000:]
+    part = tmp_path / "part"
+    r = _torchrun(_yaml(setup, tmp_path / "p2.yaml", part, max_steps=2, save_every=1, export=False))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (part / "checkpoints" / "latest-dcp").is_file()
+    r = _torchrun(_yaml(setup, tmp_path / "p4.yaml", part, max_steps=4, save_every=1))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _losses(full), _losses(part)
+    assert sorted(b) == [1, 2, 3, 4]
+    for k in a:
+        assert abs(a[k] - b[k]) <= 1e-6 * max(1.0, abs(a[k])), (k, a[k], b[k])

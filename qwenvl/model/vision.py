@@ -34,8 +34,11 @@ class PatchEmbed(nn.Module):
 
 @dataclass
 class SegmentPlan:
-    """Attention segments grouped by length: for each length L, an (n, L) index of rows, or a plain slice."""
+    """Attention segments grouped by length: for each length L, an (n, L) index of rows, or a plain slice.
+    Also the raw boundaries (`cu`, int32) and the longest segment, for a varlen kernel (flash-attn)."""
     groups: list[tuple[int, torch.Tensor | None, int]]  # (L, idx or None, start when idx is None)
+    cu: torch.Tensor | None = None
+    max_len: int = 0
 
     @classmethod
     def from_cu_seqlens(cls, cu: torch.Tensor) -> "SegmentPlan":
@@ -43,22 +46,39 @@ class SegmentPlan:
         lens = cu[1:] - cu[:-1]
         starts = cu[:-1]
         groups = []
+        extra = dict(cu=cu.to(torch.int32), max_len=int(lens.max()) if len(lens) else 0)
         if len(lens) == 1:
             groups.append((int(lens[0]), None, int(starts[0])))
-            return cls(groups)
+            return cls(groups, **extra)
         for L in torch.unique(lens).tolist():
             if L == 0:
                 continue
             st = starts[lens == L]
             groups.append((L, st.unsqueeze(1) + torch.arange(L), 0))
-        return cls(groups)
+        return cls(groups, **extra)
 
     def to(self, device) -> "SegmentPlan":
-        return SegmentPlan([(L, None if i is None else i.to(device), s) for L, i, s in self.groups])
+        return SegmentPlan([(L, None if i is None else i.to(device), s) for L, i, s in self.groups],
+                           None if self.cu is None else self.cu.to(device), self.max_len)
 
 
-def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
-    """Block-diagonal non-causal attention. q, k, v: (N, H, D) -> (N, H, D)."""
+def flash_varlen(q: torch.Tensor):
+    """flash-attn's varlen kernel when installed and usable for q (CUDA, fp16/bf16), else None (SDPA path)."""
+    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: SegmentPlan,
+                      flash=None) -> torch.Tensor:
+    """Block-diagonal non-causal attention. q, k, v: (N, H, D) -> (N, H, D). `flash`: a varlen kernel with
+    flash-attn's signature (one call over all segments), else SDPA per group of equal-length segments."""
+    if flash is not None and plan.cu is not None:
+        return flash(q, k, v, plan.cu, plan.cu, plan.max_len, plan.max_len)
     out = torch.empty_like(q) if len(plan.groups) != 1 or plan.groups[0][1] is not None else None
     for L, idx, start in plan.groups:
         if idx is None:  # one contiguous segment
@@ -85,7 +105,7 @@ class VisionAttention(nn.Module):
         N, C = x.shape
         q, k, v = self.qkv(x).view(N, 3, self.num_heads, -1).unbind(1)  # each (N, H, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # fp32 rotation, cast back
-        o = segment_attention(q, k, v, plan)  # (N, H, D)
+        o = segment_attention(q, k, v, plan, flash_varlen(q))  # (N, H, D)
         return self.proj(o.reshape(N, C))
 
 

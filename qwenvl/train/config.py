@@ -106,7 +106,10 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
         """YAML (or JSON) file; `overrides` like ["lr=1e-4", "max_steps=10"] (values parsed as YAML)."""
-        import yaml
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError("reading a training config needs PyYAML: pip install 'qwenvl[train]'") from None
 
         path = Path(path)
         if not path.is_file():

@@ -1,0 +1,154 @@
+"""GUI screenshots: a window with a title bar, menus, labelled text fields, checkboxes and buttons -> a
+`computer_use` left_click on the named element's centre (capabilities.md §4.3-4.4).
+
+The messages are `qwenvl.tasks.agent.build_messages` (system: the Nous tool prompt whose tool states the RESIZED
+screen size; user: the cookbook history text with an empty history, then the screenshot, here as a file path) and
+the answer is `<tool_call>\\n{"name": "computer_use", "arguments": {"action": "left_click", "coordinate": [x, y]}}\\n
+</tool_call>` with (x, y) in model-frame pixels. `meta` has every element's box and the target's centre in
+original pixels (click accuracy: the click lands inside the target's box).
+"""
+from __future__ import annotations
+
+import json
+import random
+
+from PIL import Image, ImageDraw
+
+from ..tasks import agent
+from . import FONT_FAMILIES, Ctx, base_meta, font, frame_map, image_size, jitter, save_png
+
+MENUS = ("File", "Edit", "View", "Insert", "Format", "Tools", "Window", "Help")
+FIELDS = ("Name", "Email", "Password", "Search", "City", "Phone", "Username", "Address", "Title", "Amount",
+          "Country", "Company")
+CHECKS = ("Remember me", "Subscribe", "Dark mode", "Auto save", "Show hidden", "Agree")
+BUTTONS = ("OK", "Cancel", "Apply", "Save", "Submit", "Next", "Back", "Search", "Login", "Delete", "Open", "Close",
+           "Reset", "Send")
+TITLES = ("Settings", "Sign in", "Preferences", "New account", "Order form", "Contact", "Export", "Properties",
+          "Untitled - Editor", "Search files")
+PHRASES = {
+    "button": ("Click the {} button.", "Press the {} button.", "Click on the \"{}\" button."),
+    "field": ("Click the {} text field.", "Click on the {} input box.", "Select the {} field."),
+    "menu": ("Open the {} menu.", "Click the {} menu."),
+    "checkbox": ("Tick the {} checkbox.", "Click the {} checkbox."),
+}
+SCREEN_RATIOS = (4 / 3, 16 / 9, 3 / 2, 16 / 10, 1.0, 3 / 4)
+
+
+def limits(curriculum: int) -> dict:
+    c = min(max(curriculum, 0), 2)
+    return {"fields": (1, 2, 4)[c], "checks": (0, 1, 2)[c], "buttons": (2, 3, 4)[c], "menus": (2, 3, 5)[c]}
+
+
+def window(ctx: Ctx, rng: random.Random):
+    """(screenshot, elements [{type, name, box}], FrameMap, title, font family, size)."""
+    h, w = image_size(rng, max(ctx.curriculum, 1), lo=196, ratios=SCREEN_RATIOS)
+    fm = frame_map(h, w, ctx)
+    lim = limits(ctx.curriculum)
+    family = rng.choice([f for f in FONT_FAMILIES if f != "dejavu-mono"] or ["default"])
+    size = max(round(9 * max(fm.sx, fm.sy)), rng.randint(11, 14))
+    fnt = font(size, family)
+    desk = tuple(rng.randint(60, 170) for _ in range(3))
+    img = Image.new("RGB", (w, h), desk)
+    draw = ImageDraw.Draw(img)
+    m = rng.randint(3, 16)
+    x0, y0, x1, y1 = m + rng.randint(0, 8), m + rng.randint(0, 8), w - m - rng.randint(0, 8), h - m - rng.randint(0, 8)
+    face = jitter((236, 236, 236), rng, 12)
+    draw.rectangle([x0, y0, x1, y1], fill=face, outline=(90, 90, 90))
+    # title bar
+    tb = size + 8
+    bar = jitter(rng.choice(((40, 90, 180), (60, 60, 70), (30, 120, 110), (110, 50, 120))), rng, 15)
+    draw.rectangle([x0, y0, x1, y0 + tb], fill=bar)
+    title = rng.choice(TITLES)
+    draw.text((x0 + 6, y0 + 4), title, font=fnt, fill=(250, 250, 250))
+    draw.text((x1 - 6 - draw.textlength("x", font=fnt), y0 + 3), "x", font=fnt, fill=(250, 250, 250))
+    elements = []
+    # menu bar
+    mb0, mb1 = y0 + tb + 1, y0 + tb + size + 7
+    draw.rectangle([x0 + 1, mb0, x1 - 1, mb1], fill=jitter((222, 222, 222), rng, 8))
+    mx = x0 + 6
+    for name in rng.sample(MENUS, rng.randint(min(2, lim["menus"]), lim["menus"])):
+        tw = draw.textlength(name, font=fnt)
+        if mx + tw + 6 > x1 - 4:
+            break
+        draw.text((mx + 3, mb0 + 3), name, font=fnt, fill=(20, 20, 20))
+        elements.append({"type": "menu", "name": name, "box": [round(mx), mb0, round(mx + tw + 6), mb1]})
+        mx += tw + 6 + rng.randint(4, 10)
+    # buttons (bottom row) first, so the form rows know the room left
+    bh = size + 10
+    by1 = y1 - rng.randint(6, 12)
+    by0 = by1 - bh
+    names = rng.sample(BUTTONS, rng.randint(min(2, lim["buttons"]), lim["buttons"]))
+    widths = [round(draw.textlength(n, font=fnt)) + rng.randint(14, 24) for n in names]
+    gap = rng.randint(6, 12)
+    while sum(widths) + gap * (len(widths) - 1) > x1 - x0 - 16 and len(names) > 1:
+        names, widths = names[:-1], widths[:-1]
+    total = sum(widths) + gap * (len(widths) - 1)
+    align = rng.choice(("right", "left", "center"))
+    bx = {"left": x0 + 8, "right": x1 - 8 - total, "center": (x0 + x1 - total) // 2}[align]
+    fill = jitter(rng.choice(((250, 250, 250), (70, 130, 220), (225, 225, 225))), rng, 8)
+    ink = (255, 255, 255) if sum(fill) < 500 else (20, 20, 20)
+    for name, bw in zip(names, widths):
+        box = [bx, by0, bx + bw, by1]
+        draw.rounded_rectangle([box[0], box[1], box[2] - 1, box[3] - 1], radius=4, fill=fill, outline=(100, 100, 100))
+        tw = draw.textlength(name, font=fnt)
+        draw.text((bx + (bw - tw) / 2, by0 + 4), name, font=fnt, fill=ink)
+        elements.append({"type": "button", "name": name, "box": box})
+        bx += bw + gap
+    # form rows: fields then checkboxes
+    rows = [("field", n) for n in rng.sample(FIELDS, rng.randint(1, lim["fields"]))]
+    rows += [("checkbox", n) for n in rng.sample(CHECKS, rng.randint(0, lim["checks"]))]
+    rng.shuffle(rows)
+    fh = size + 8
+    pitch = fh + rng.randint(6, 12)
+    y = mb1 + rng.randint(8, 14)
+    label_w = max([draw.textlength(n, font=fnt) for t, n in rows if t == "field"] or [0])
+    fx0 = round(x0 + 10 + label_w + 10)
+    fx1 = x1 - rng.randint(10, 30)
+    for kind, name in rows:
+        if y + fh > by0 - 6:
+            break
+        if kind == "field":
+            if fx1 - fx0 < 30:
+                continue
+            draw.text((x0 + 10, y + 4), name, font=fnt, fill=(30, 30, 30))
+            box = [fx0, y, fx1, y + fh]
+            draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=(255, 255, 255), outline=(120, 120, 120))
+        else:
+            box = [x0 + 10, y + 3, x0 + 10 + fh - 6, y + fh - 3]
+            draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=(255, 255, 255), outline=(90, 90, 90))
+            if rng.random() < 0.4:
+                draw.line([box[0] + 2, box[1] + 2, box[2] - 3, box[3] - 3], fill=(20, 20, 20), width=2)
+            draw.text((box[2] + 6, y + 4), name, font=fnt, fill=(30, 30, 30))
+        elements.append({"type": kind, "name": name, "box": box})
+        y += pitch
+    return img, elements, fm, title, family, size
+
+
+def click_answer(x: int, y: int) -> str:
+    call = {"name": "computer_use", "arguments": {"action": "left_click", "coordinate": [x, y]}}
+    return f"<tool_call>\n{json.dumps(call)}\n</tool_call>"
+
+
+def computer_use(ctx: Ctx, rng: random.Random, name: str) -> dict:
+    img, elements, fm, title, family, size = window(ctx, rng)
+    t = rng.randrange(len(elements))
+    el = elements[t]
+    task = rng.choice(PHRASES[el["type"]]).format(el["name"])
+    b = el["box"]
+    c = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+    x, y = fm.point_label(c)
+    rel, full = ctx.media("computer_use", name, "png")
+    save_png(img, full)
+    rh, rw = fm.resized
+    msgs = agent.build_messages(task, img, [], agent.computer_use_tool(rw, rh), min_pixels=ctx.min_pixels,
+                                max_pixels=ctx.max_pixels)
+    for part in msgs[-1]["content"]:
+        if part.get("type") == "image":
+            part["image"] = rel  # a file path for JSONL
+    msgs.append({"role": "assistant", "content": click_answer(x, y)})
+    meta = {**base_meta(fm, ctx), "instruction": task, "elements": elements, "target": t, "box": b, "point": list(c),
+            "window_title": title, "font": family, "font_size": size}
+    return {"messages": msgs, "meta": meta}
+
+
+TASKS = {"computer_use": computer_use}
