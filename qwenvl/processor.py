@@ -44,6 +44,19 @@ class _Media:
         return t * h * w // 4
 
 
+def video_options(part: dict, defaults: dict) -> dict:
+    """A video part's own options, completed from the call's defaults (fps xor nframes; video_min/max_pixels
+    become the part's min/max_pixels)."""
+    ele = {k: v for k, v in part.items() if k not in ("type", "value")}
+    for k in VIDEO_OPTIONS:
+        if k in defaults and k not in ele and not (k in ("fps", "nframes") and ("fps" in ele or "nframes" in ele)):
+            ele[k] = defaults[k]
+    for k in ("min_pixels", "max_pixels"):
+        if f"video_{k}" in defaults and k not in ele:
+            ele[k] = defaults[f"video_{k}"]
+    return ele
+
+
 class Processor:
     """Callable: `processor(messages)` -> Batch, for one conversation or a list of conversations."""
 
@@ -157,13 +170,7 @@ class Processor:
     def _video(self, part: dict, defaults: dict, where: str) -> _Media:
         from .media import video as vid
 
-        ele = {k: v for k, v in part.items() if k not in ("type", "value")}
-        for k in VIDEO_OPTIONS:
-            if k in defaults and k not in ele and not (k in ("fps", "nframes") and ("fps" in ele or "nframes" in ele)):
-                ele[k] = defaults[k]
-        for k in ("min_pixels", "max_pixels"):
-            if f"video_{k}" in defaults and k not in ele:
-                ele[k] = defaults[f"video_{k}"]
+        ele = video_options(part, defaults)
         value = part["value"]
         tmp = None
         try:

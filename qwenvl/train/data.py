@@ -693,15 +693,9 @@ def _image_tokens(processor, part: dict, defaults: dict) -> int | None:
 
 def _video_ele(part: dict, defaults: dict) -> dict:
     """The options dict the processor hands fetch_video for this part (same precedence as Processor._video)."""
-    from ..processor import VIDEO_OPTIONS
+    from ..processor import video_options
 
-    ele = {k: v for k, v in part.items() if k not in ("type", "value")}
-    for k in VIDEO_OPTIONS:
-        if k in defaults and k not in ele and not (k in ("fps", "nframes") and ("fps" in ele or "nframes" in ele)):
-            ele[k] = defaults[k]
-    for k in ("min_pixels", "max_pixels"):
-        if f"video_{k}" in defaults and k not in ele:
-            ele[k] = defaults[f"video_{k}"]
+    ele = video_options(part, defaults)
     ele["video"] = part.get("value")
     return ele
 
