@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from .config import QwenVLConfig
 from .tokenizer import SPECIAL_TOKENS
@@ -31,7 +31,8 @@ def build_tokenizer(corpus: str = _CORPUS, vocab_size: int = 400) -> Tokenizer:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(corpus.splitlines() * 4, trainer=trainer)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    from .synth.tokenizer import add_qwen_tokens
+    add_qwen_tokens(tok)
     return tok
 
 

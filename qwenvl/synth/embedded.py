@@ -1,0 +1,118 @@
+"""Preparing the embedded default model: synthetic data, its tokenizer, and a from-scratch checkpoint.
+
+    python -m qwenvl.synth.embedded prepare --out runs/embedded --n-train 20000 --n-heldout 200
+    qwenvl train --config configs/embedded.yaml
+
+`prepare` writes `data/train.jsonl` + `data/heldout.jsonl` (qwenvl.synth), trains the tokenizer on the training
+corpus, and writes `init/`: config.json for the embedded shape (same architecture as Qwen2.5-VL: window
+attention with full-attention blocks, 2x2 merger, MRoPE with absolute time), freshly initialised weights, the
+tokenizer and generation_config.json. Training then starts from `init/`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# ~10.6M parameters: bf16 weights ~21 MB (the package budget is 40 MB)
+SHAPE = dict(
+    text=dict(hidden_size=384, intermediate_size=768, num_hidden_layers=4, num_attention_heads=6,
+              num_key_value_heads=2, rope_theta=1000000.0, max_position_embeddings=32768,
+              rope_scaling={"type": "mrope", "mrope_section": [16, 8, 8]}),
+    vision=dict(depth=6, hidden_size=192, intermediate_size=512, num_heads=3, out_hidden_size=384,
+                fullatt_block_indexes=[2, 5], window_size=112, tokens_per_second=2),
+)
+
+
+def embedded_config(tok) -> dict:
+    from ..tiny import tiny_config
+
+    cfg = tiny_config(tok, **SHAPE["text"])
+    cfg["vision_config"].update(SHAPE["vision"])
+    cfg["tie_word_embeddings"] = False
+    return cfg
+
+
+@torch.no_grad()
+def init_weights(model, std: float = 0.02, seed: int = 0) -> None:
+    """From-scratch init: normal(0, std) matrices and embeddings, zero biases, unit norms; residual output
+    projections scaled by 1/sqrt(2 * layers) (GPT-2 style) so deep residual sums start small."""
+    g = torch.Generator().manual_seed(seed)
+    n_text = len(model.model.layers)
+    n_vis = len(model.visual.blocks)
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if "norm" in name or name.endswith("ln_q.weight"):
+            p.fill_(1.0)
+        elif name.endswith(".bias"):
+            p.zero_()
+        else:
+            s = std
+            if name.endswith(("o_proj.weight", "down_proj.weight")) or name.endswith("attn.proj.weight"):
+                s = std / (2 * (n_vis if name.startswith("visual.") else n_text)) ** 0.5
+            p.copy_(torch.randn(p.shape, generator=g) * s)
+
+
+def init_checkpoint(out: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    from ..config import QwenVLConfig
+    from ..model.qwenvl import QwenVL
+    from ..tokenizer import Tokenizer
+    from ..weights import save_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer.from_dir(tokenizer_dir)
+    cfg = embedded_config(tok.tok)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (out / f).write_bytes((tokenizer_dir / f).read_bytes())
+    (out / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": [tok.im_end_id, tok.special_ids["<|endoftext|>"]], "pad_token_id": tok.pad_id,
+         "do_sample": False, "max_new_tokens": 512}, indent=2) + "\n")
+    model = QwenVL(QwenVLConfig.from_file(out))
+    init_weights(model, seed=seed)
+    save_model(model, out)
+    n = sum(p.numel() for p in model.parameters())
+    log.info("initialised %s: %.2fM parameters", out, n / 1e6)
+    return out
+
+
+def prepare(out: Path, n_train: int, n_heldout: int, seed: int = 0, curriculum: int = 1,
+            vocab_size: int = 2048, workers: int = 1) -> dict:
+    from .build import build_dataset, corpus_text
+    from .tokenizer import save_tokenizer, train_tokenizer
+
+    data = out / "data"
+    train = build_dataset(data, n_per_task=max(1, n_train // 10), split="train", seed=seed, curriculum=curriculum,
+                          workers=workers)
+    build_dataset(data, n_per_task=max(1, n_heldout // 10), split="heldout", seed=seed, curriculum=curriculum,
+                  workers=workers)
+    tok = train_tokenizer(corpus_text(train), vocab_size=vocab_size)
+    save_tokenizer(tok, out / "tokenizer")
+    init_checkpoint(out / "init", out / "tokenizer", seed=seed)
+    return {"train": len(train), "data": str(data), "init": str(out / "init")}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m qwenvl.synth.embedded", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-train", type=int, default=20000)
+    p.add_argument("--n-heldout", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--curriculum", type=int, default=1)
+    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    info = prepare(Path(args.out), args.n_train, args.n_heldout, args.seed, args.curriculum, args.vocab_size,
+                   args.workers)
+    print(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The embedded model's starting point: shape within the issue's budget, loads, and generates."""
+import torch
+
+import qwenvl
+from qwenvl.synth.embedded import init_checkpoint
+from qwenvl.synth.tokenizer import save_tokenizer, train_tokenizer
+
+
+def test_init_checkpoint_has_the_budgeted_shape_and_runs(tmp_path):
+    text = "Outline the position of each red circle and output all the coordinates in JSON format. " * 50
+    save_tokenizer(train_tokenizer([text], vocab_size=400, min_frequency=1), tmp_path / "tok")
+    d = init_checkpoint(tmp_path / "init", tmp_path / "tok", seed=0)
+    vlm = qwenvl.load(d, dtype=torch.float32)
+    n = sum(p.numel() for p in vlm.model.parameters())
+    assert 5e6 <= n <= 20e6, n  # issue 7: roughly 5-20 M parameters
+    assert n * 2 <= 40e6  # bf16 weights fit the 40 MB package budget
+    c = vlm.config
+    assert c.vision.fullatt_block_indexes and c.vision.window_size == 112 and c.vision.spatial_merge_size == 2
+    assert sum(c.text.mrope_section) == c.text.head_dim // 2
+    g = vlm.generate([{"role": "user", "content": "hello"}], max_new_tokens=3)
+    assert g.usage.completion_tokens <= 3
+    norms = [p for n_, p in vlm.model.named_parameters() if n_.endswith("norm.weight")]
+    assert norms and all(torch.all(p == 1) for p in norms)
