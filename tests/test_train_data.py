@@ -218,7 +218,7 @@ BAD = [
                    {"role": "assistant", "content": [{"type": "image", "image": "img/a.png"}]}]}, "only text"),
     ({"conversations": [{"from": "human", "value": "hi<|im_end|>"}, {"from": "gpt", "value": "x"}]}, "reserved token"),
     ({"conversations": [{"from": "robot", "value": "hi"}, {"from": "gpt", "value": "x"}]}, "unknown speaker"),
-    ({"prompt": "hi", "chosen": "a", "rejected": "b"}, "use PreferenceData"),
+    ({"prompt": "hi", "chosen": "a", "rejected": "b"}, "qwenvl train dpo"),
 ]
 
 

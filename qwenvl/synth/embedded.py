@@ -3,7 +3,7 @@
     python -m qwenvl.synth.embedded prepare --out runs/embedded --n-train 20000 --n-heldout 200
     qwenvl train --config configs/embedded.yaml
 
-`prepare` writes `data/train.jsonl` + `data/heldout.jsonl` (qwenvl.synth), trains the tokenizer on the training
+`prepare` writes `data/train-c<L>.jsonl` + `data/heldout-c<L>.jsonl` per curriculum level (qwenvl.synth), trains the tokenizer on the training
 corpus, and writes `init/`: config.json for the embedded shape (same architecture as Qwen2.5-VL: window
 attention with full-attention blocks, 2x2 merger, MRoPE with absolute time), freshly initialised weights, the
 tokenizer and generation_config.json. Training then starts from `init/`.
@@ -80,20 +80,51 @@ def init_checkpoint(out: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     return out
 
 
+def parse_levels(spec: str | None, curriculum: int) -> dict[int, float]:
+    """"0:0.25,1:0.35,2:0.4" -> {0: 0.25, 1: 0.35, 2: 0.4} (shares of the training records per curriculum
+    level; the shares are normalised). None -> {curriculum: 1.0}."""
+    if not spec:
+        return {int(curriculum): 1.0}
+    out: dict[int, float] = {}
+    try:
+        for part in spec.split(","):
+            lvl, _, share = part.partition(":")
+            out[int(lvl)] = float(share or 1)
+    except ValueError:
+        raise ValueError(f"--levels {spec!r}: write LEVEL:SHARE pairs such as 0:0.25,1:0.35,2:0.4") from None
+    total = sum(out.values())
+    if total <= 0 or any(v < 0 for v in out.values()):
+        raise ValueError(f"--levels {spec!r}: shares must be >= 0 and not all zero")
+    return {k: v / total for k, v in out.items()}
+
+
 def prepare(out: Path, n_train: int, n_heldout: int, seed: int = 0, curriculum: int = 1,
-            vocab_size: int = 2048, workers: int = 1) -> dict:
+            vocab_size: int = 2048, workers: int = 1, levels: str | None = None) -> dict:
+    """Write the synthetic splits (one training file per curriculum level: `data/train-c<L>.jsonl`, held-out
+    `data/heldout-c<L>.jsonl`), train the tokenizer on the training corpus and write the from-scratch `init/`."""
     from .build import build_dataset, corpus_text
-    from .tokenizer import save_tokenizer, train_tokenizer
 
     data = out / "data"
-    train = build_dataset(data, n_per_task=max(1, n_train // 10), split="train", seed=seed, curriculum=curriculum,
-                          workers=workers)
-    build_dataset(data, n_per_task=max(1, n_heldout // 10), split="heldout", seed=seed, curriculum=curriculum,
-                  workers=workers)
-    tok = train_tokenizer(corpus_text(train), vocab_size=vocab_size)
+    mix = parse_levels(levels, curriculum)
+    train, files = [], []
+    for lvl, share in sorted(mix.items()):
+        n = max(1, round(n_train * share) // 10)
+        lvl_seed = seed + 1000 * lvl  # distinct content per level (same indices would otherwise match)
+        train += build_dataset(data, n_per_task=n, split="train", seed=lvl_seed, curriculum=lvl, workers=workers,
+                               file_name=f"train-c{lvl}", progress=True)
+        build_dataset(data, n_per_task=max(1, n_heldout // 10), split="heldout", seed=lvl_seed, curriculum=lvl,
+                      workers=workers, file_name=f"heldout-c{lvl}")
+        files.append(str(data / f"train-c{lvl}.jsonl"))
+    tokenizer_and_init(out, corpus_text(train), vocab_size=vocab_size, seed=seed)
+    return {"train": len(train), "files": files, "init": str(out / "init")}
+
+
+def tokenizer_and_init(out: Path, corpus: str, vocab_size: int = 2048, seed: int = 0) -> Path:
+    from .tokenizer import save_tokenizer, train_tokenizer
+
+    tok = train_tokenizer(corpus, vocab_size=vocab_size)
     save_tokenizer(tok, out / "tokenizer")
-    init_checkpoint(out / "init", out / "tokenizer", seed=seed)
-    return {"train": len(train), "data": str(data), "init": str(out / "init")}
+    return init_checkpoint(out / "init", out / "tokenizer", seed=seed)
 
 
 def main(argv=None) -> None:
@@ -106,11 +137,13 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--curriculum", type=int, default=1)
     p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--levels", help="curriculum mix as LEVEL:SHARE pairs, e.g. 0:0.25,1:0.35,2:0.4 "
+                   "(default: all records at --curriculum)")
     p.add_argument("--workers", type=int, default=1)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     info = prepare(Path(args.out), args.n_train, args.n_heldout, args.seed, args.curriculum, args.vocab_size,
-                   args.workers)
+                   args.workers, args.levels)
     print(json.dumps(info))
 
 

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+TINY_RANDOM = "tiny-random"  # `model: tiny-random` = a fresh random toy model (qwenvl.tiny) written to out_dir/init
+
 PRESETS: dict[str, dict] = {
     "vision": dict(tune_vision=True, tune_merger=True, tune_llm=False, pack_length=8192, lr=2e-4),
     "all": dict(tune_vision=True, tune_merger=True, tune_llm=True, pack_length=8192, lr=1e-4),
@@ -23,7 +25,7 @@ PRESETS: dict[str, dict] = {
 @dataclass
 class TrainConfig:
     # what to train
-    model: str = ""  # checkpoint directory (HF layout) to start from
+    model: str = ""  # checkpoint directory (HF layout) to start from, or "tiny-random"
     data: list[str] = field(default_factory=list)  # JSONL / JSON files (messages or qwen-vl-finetune format)
     out_dir: str = "runs/train"
     stage: str = "sft"
@@ -43,6 +45,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     max_steps: int = 0  # 0 = epochs decide
+    time_budget_min: float = 0.0  # > 0: fit the run (and its cosine schedule) into this many minutes
     epochs: float = 1.0
     grad_accum: int = 1  # packed sequences per optimizer step and process
     max_grad_norm: float = 1.0
@@ -52,6 +55,11 @@ class TrainConfig:
     max_pixels: int | None = None
     fps: float | None = None
     on_error: str = "raise"  # raise | skip bad records
+    num_workers: int = 0  # processes preparing packed batches ahead of the step (0 = in the training process)
+    # periodic evaluation on held-out files (same formats as `data`)
+    eval_data: list[str] = field(default_factory=list)
+    eval_every: int = 0  # steps; 0 = only at the end (when eval_data is set)
+    eval_max_samples: int = 0  # 0 = every held-out record
     # numerics and memory
     dtype: str = "float32"  # parameter dtype
     autocast: str = "auto"  # auto | bfloat16 | off (auto: bf16 where the hardware runs it natively)
@@ -62,7 +70,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # bookkeeping
     seed: int = 0
-    log_every: int = 1
+    log_every: int = 10  # steps between log lines (metrics.jsonl gets every step)
     save_every: int = 0  # steps; 0 = only at the end
     keep: int = 2
     export: bool = True  # write an HF directory at the end (out_dir/export)
@@ -74,9 +82,14 @@ class TrainConfig:
             raise ValueError(f"objective must be 'sft' or 'dpo', got {self.objective!r}")
         if not (self.tune_vision or self.tune_merger or self.tune_llm):
             raise ValueError("nothing to train: set at least one of tune_vision, tune_merger, tune_llm")
+        for k in ("num_workers", "eval_every", "eval_max_samples", "max_steps", "save_every"):
+            if int(getattr(self, k)) < 0:
+                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
         for k in ("grad_accum", "pack_length", "log_every", "keep"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.time_budget_min < 0:
+            raise ValueError(f"time_budget_min must be >= 0, got {self.time_budget_min}")
         if self.lr <= 0 or self.max_grad_norm < 0:
             raise ValueError("lr must be > 0 and max_grad_norm >= 0")
         if self.autocast not in ("auto", "bfloat16", "off"):
@@ -95,8 +108,11 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
         vals = {**PRESETS[stage], **d}
-        if isinstance(vals.get("data"), str):
-            vals["data"] = [vals["data"]]
+        types = {f.name: str(f.type) for f in fields(cls)}
+        vals = {k: _coerce(k, v, types[k], where) for k, v in vals.items()}
+        for k in ("data", "eval_data"):
+            if isinstance(vals.get(k), str):
+                vals[k] = [vals[k]]
         if "betas" in vals:
             vals["betas"] = tuple(vals["betas"])
         cfg = cls(**vals)
@@ -127,11 +143,14 @@ class TrainConfig:
             k, v = o.split("=", 1)
             d[k.strip()] = yaml.safe_load(v)
         for k in ("model", "out_dir"):  # relative paths are relative to the config file
+            if k == "model" and d.get(k) == TINY_RANDOM:
+                continue
             if isinstance(d.get(k), str) and d[k] and not Path(d[k]).is_absolute():
                 d[k] = str(base / d[k])
-        if isinstance(d.get("data"), (str, list)):
-            items = [d["data"]] if isinstance(d["data"], str) else d["data"]
-            d["data"] = [str(base / p) if not Path(p).is_absolute() else p for p in items]
+        for k in ("data", "eval_data"):
+            if isinstance(d.get(k), (str, list)):
+                items = [d[k]] if isinstance(d[k], str) else d[k]
+                d[k] = [str(base / p) if not Path(str(p)).is_absolute() else p for p in items]
         return cls.from_dict(d, where=str(path))
 
     def to_dict(self) -> dict:
@@ -141,3 +160,28 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+_BOOL = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _coerce(key: str, value, typ: str, where: str):
+    """Values from YAML or the command line to the field's type ("3e-3" is a string to YAML 1.1, not a float)."""
+    if value is None and "None" in typ:
+        return None
+    base = typ.replace(" | None", "")
+    try:
+        if base == "float" and isinstance(value, (str, int)) and not isinstance(value, bool):
+            return float(value)
+        if base == "int" and isinstance(value, str):
+            return int(value)
+        if base == "int" and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if base == "bool" and isinstance(value, str):
+            return _BOOL[value.strip().lower()]
+    except (ValueError, KeyError):
+        raise ValueError(f"{where}: {key} must be {base}, got {value!r}") from None
+    ok = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}.get(base)
+    if ok and (not isinstance(value, ok) or (base in ("int", "float") and isinstance(value, bool))):
+        raise ValueError(f"{where}: {key} must be {base}, got {value!r}")
+    return value

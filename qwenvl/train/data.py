@@ -411,8 +411,8 @@ def parse_sft_record(rec: Any, *, source: str = "record", base_dir: str | os.Pat
     kind = _kind(rec, source)
     base = _base_dir(rec, None if base_dir is None else Path(base_dir))
     if kind == "preference":
-        raise DataError(f"{source}: a preference record (prompt/chosen/rejected) in SFT data; use PreferenceData "
-                        "for DPO files, or write the record as 'messages' / 'conversations'")
+        raise DataError(f"{source}: a preference record (prompt/chosen/rejected) in SFT data; train it with "
+                        "`qwenvl train dpo` (PreferenceData), or write the record as 'messages' / 'conversations'")
     if kind == "messages":
         return _from_messages(rec, rec["messages"], source, base, allow_remote, need_answer=True)
     return _from_conversations(rec, rec["conversations"], source, base, allow_remote, need_answer=True)
@@ -436,8 +436,8 @@ def parse_preference_record(rec: Any, *, source: str = "record", base_dir: str |
     """A DPO record -> (prompt messages, chosen text, rejected text)."""
     kind = _kind(rec, source)
     if kind != "preference":
-        raise DataError(f"{source}: not a preference record (needs 'prompt', 'chosen' and 'rejected'); use SFTData "
-                        "for SFT files")
+        raise DataError(f"{source}: not a preference record (needs 'prompt', 'chosen' and 'rejected'); train "
+                        "SFT files with `qwenvl train sft` (SFTData)")
     base = _base_dir(rec, None if base_dir is None else Path(base_dir))
     for key in ("chosen", "rejected"):
         if key not in rec:

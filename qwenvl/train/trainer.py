@@ -96,7 +96,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.dist = distributed.setup(cfg.device)
         dev = self.dist.device
-        self.vlm = vlm if vlm is not None else qwenvl.load(cfg.model, dtype=cfg.dtype, device=dev, pack=False)
+        self.out = Path(cfg.out_dir)
+        if vlm is None:
+            vlm = qwenvl.load(self._model_dir(), dtype=cfg.dtype, device=dev, pack=False)
+        self.vlm = vlm
         self.model = self.vlm.model
         self.model.train()
         native_bf16 = dev.type == "cuda" or cpu_has_fast_bf16()
@@ -114,30 +117,76 @@ class Trainer:
         self.data = data_cls(cfg.data, self.vlm.processor, **kw)
         if len(self.data) == 0:
             raise ValueError(f"no usable training records in {cfg.data}")
-        counts = [self.data.token_count(i) for i in range(len(self.data))]
+        self.eval_set = data_cls(cfg.eval_data, self.vlm.processor, **kw) if cfg.eval_data else None
+        self.eval_n = 0
+        if self.eval_set is not None:
+            self.eval_n = min(len(self.eval_set), cfg.eval_max_samples or len(self.eval_set))
+            if self.eval_n == 0:
+                raise ValueError(f"no usable held-out records in {cfg.eval_data}")
+        counts = token_counts(self.data, cfg.num_workers)
         self.stream = BinStream(counts, cfg.pack_length, cfg.seed, cfg.epochs)
         self.group = cfg.grad_accum * self.dist.world
         self.total_steps = cfg.max_steps or max(1, self.stream.total // self.group)
-        warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * self.total_steps))
         fused = {"foreach": True} if dev.type == "cpu" else {"fused": True}
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **fused)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, cosine_lambda(self.total_steps, warmup,
-                                                                               cfg.min_lr_ratio))
+        # the schedule reads total_steps when called: a time budget may shorten the run after it starts
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.step = 0
         self.next_bin = 0
-        self.out = Path(cfg.out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self._stop = False
-        self.ref_logps = None
+        self.clock = time.perf_counter  # the time budget's clock
+        self.ref_logps = self.eval_ref_logps = None
         if cfg.objective == "dpo":
-            self.ref_logps = self._reference_logps()
+            self.ref_logps = self._reference_logps(self.data, len(self.data), "reference_logps.json")
+            if self.eval_set is not None:
+                self.eval_ref_logps = self._reference_logps(self.eval_set, self.eval_n,
+                                                             "reference_logps_eval.json")
+
+    def _lr_factor(self, step: int) -> float:
+        warmup = self.cfg.warmup_steps or int(round(self.cfg.warmup_ratio * self.total_steps))
+        return cosine_lambda(self.total_steps, warmup, self.cfg.min_lr_ratio)(step)
+
+    def _rebudget(self, t_start: float, first_step: int) -> None:
+        """time_budget_min: after 10, 20, 40, ... steps of this process, re-estimate how many steps fit in the
+        budget from the measured pace and shorten total_steps (so the cosine still ends at the end); past the
+        budget, end now."""
+        budget = self.cfg.time_budget_min * 60
+        if budget <= 0:
+            return
+        elapsed, done = self.clock() - t_start, self.step - first_step
+        if elapsed >= budget:
+            self.total_steps = self.step
+            return
+        if done % 10 == 0 and (done // 10) & (done // 10 - 1) == 0:  # 10, 20, 40, 80, ...
+            fit = self.step + int((budget - elapsed) / (elapsed / done))
+            new = max(self.step + 1, min(self.total_steps, fit))
+            if new != self.total_steps:
+                log.info("time budget %.1f min: %d steps fit (pace %.2f s/step)", self.cfg.time_budget_min, new,
+                         elapsed / done)
+            self.total_steps = new
+
+    def _model_dir(self) -> str:
+        """The starting checkpoint; `tiny-random` writes a fresh toy model to out_dir/init once (rank 0)."""
+        from .config import TINY_RANDOM
+        if self.cfg.model != TINY_RANDOM:
+            if not self.cfg.model:
+                raise ValueError("no starting model: set `model:` in the config or pass --model DIR")
+            return self.cfg.model
+        path = self.out / "init"
+        if self.dist.main and not (path / "config.json").is_file():
+            from ..tiny import make_random_checkpoint
+            make_random_checkpoint(path, seed=self.cfg.seed)
+        distributed.barrier(self.dist)
+        return str(path)
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
         from .checkpoint import capture_rng
         return dict(model_state=self._model_state(), optimizer_state=self.opt.state_dict(),
                     scheduler_state=self.sched.state_dict(), rng_state=capture_rng(),
-                    data_state={"next_bin": self.next_bin, "step": self.step, "seed": self.cfg.seed})
+                    data_state={"next_bin": self.next_bin, "step": self.step, "seed": self.cfg.seed,
+                                "total_steps": self.total_steps})
 
     def _model_state(self) -> dict:
         if self.dist.enabled:
@@ -169,6 +218,13 @@ class Trainer:
             (self.ckpt_dir / "latest-dcp.tmp").write_text(path.name)
             (self.ckpt_dir / "latest-dcp.tmp").replace(self.ckpt_dir / "latest-dcp")
 
+    def has_checkpoint(self) -> bool:
+        """Whether out_dir holds a checkpoint that `resume` would continue from."""
+        from .checkpoint import latest_step
+        if self.dist.enabled:
+            return (self.ckpt_dir / "latest-dcp").is_file()
+        return latest_step(self.ckpt_dir) is not None
+
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint in out_dir; False when there is none."""
         from .checkpoint import NoCheckpointError, load_checkpoint, restore_rng
@@ -183,6 +239,8 @@ class Trainer:
         self.sched.load_state_dict(ck["scheduler_state"])
         restore_rng(ck["rng_state"])
         self.step, self.next_bin = ck["data_state"]["step"], ck["data_state"]["next_bin"]
+        if self.cfg.time_budget_min and "total_steps" in ck["data_state"]:
+            self.total_steps = ck["data_state"]["total_steps"]
         log.info("resumed from %s (step %d)", ck["path"], self.step)
         return True
 
@@ -215,13 +273,21 @@ class Trainer:
         idx = range(self.next_bin + self.dist.rank, self.next_bin + self.group, self.dist.world)
         return [self.stream.bin(i) for i in idx]
 
-    def train_step(self) -> dict:
+    def _prepare(self, b: list[int]):
+        """One bin's training input: a PackedBatch (SFT) or the bin's PreferencePairs (DPO)."""
+        if self.cfg.objective == "dpo":
+            return [self.data[i] for i in b]
+        return collate([self.data[i] for i in b])
+
+    def train_step(self, prepared: list | None = None) -> dict:
+        """One optimizer step over this rank's bins; `prepared` = those bins already made by `_prepare`."""
         t0 = time.perf_counter()
         bins = self._my_bins()
+        items = prepared if prepared is not None else [self._prepare(b) for b in bins]
         if self.cfg.objective == "dpo":
-            loss, n_samples, n_tokens, extra = self._dpo_step(bins)
+            loss, n_samples, n_tokens, extra = self._dpo_step(bins, items)
         else:
-            batches = [collate([self.data[i] for i in b]) for b in bins]
+            batches = items
             n_loss = distributed.all_reduce_sum(sum(b.num_loss_tokens for b in batches), self.dist)
             total = 0.0
             for b in batches:
@@ -259,15 +325,15 @@ class Trainer:
         return -per_sum
 
     @torch.no_grad()
-    def _reference_logps(self) -> dict[int, tuple[float, float]]:
+    def _reference_logps(self, data, n: int, name: str) -> dict[int, tuple[float, float]]:
         """Reference log-probs of every pair, computed once with the initial (frozen) weights."""
-        cache = self.out / "reference_logps.json"
+        cache = self.out / name
         if cache.is_file():
             return {int(k): tuple(v) for k, v in json.loads(cache.read_text()).items()}
         self.model.eval()
         out = {}
-        for i in range(len(self.data)):
-            lp = self._pair_logps([self.data[i]]).float().tolist()
+        for i in range(n):
+            lp = self._pair_logps([data[i]]).float().tolist()
             out[i] = (lp[0], lp[1])
         self.model.train()
         if self.dist.main:
@@ -275,12 +341,11 @@ class Trainer:
             cache.write_text(json.dumps(out))
         return out
 
-    def _dpo_step(self, bins):
+    def _dpo_step(self, bins, items):
         from .dpo import dpo_loss
         n_pairs = distributed.all_reduce_sum(sum(len(b) for b in bins), self.dist)
         total, metrics, tokens = 0.0, {}, 0
-        for b in bins:
-            pairs = [self.data[i] for i in b]
+        for b, pairs in zip(bins, items):
             lp = self._pair_logps(pairs)
             ref = torch.tensor([self.ref_logps[i] for i in b], dtype=lp.dtype, device=lp.device)
             loss, m = dpo_loss(lp[0::2], lp[1::2], ref[:, 0], ref[:, 1], beta=self.cfg.beta,
@@ -291,6 +356,47 @@ class Trainer:
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) * len(b) / max(n_pairs, 1)
         return distributed.all_reduce_sum(total, self.dist) / n_pairs, n_pairs, tokens, metrics
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out metrics with the current weights: `eval_loss` (SFT: mean loss per answer token; DPO: mean
+        sigmoid loss) and, for DPO, `eval_reward_accuracy`. Every rank takes its share of the held-out records."""
+        from .dpo import dpo_loss
+        was_training = self.model.training
+        self.model.eval()
+        mine = list(range(self.dist.rank, self.eval_n, self.dist.world))
+        counts = [self.eval_set.token_count(i) for i in mine]
+        total, n, correct = 0.0, 0, 0.0
+        for b in plan_bins(counts, self.cfg.pack_length):
+            idx = [mine[j] for j in b]
+            with self._autocast():
+                if self.cfg.objective == "dpo":
+                    lp = self._pair_logps([self.eval_set[i] for i in idx])
+                    ref = torch.tensor([self.eval_ref_logps[i] for i in idx], dtype=lp.dtype, device=lp.device)
+                    loss, m = dpo_loss(lp[0::2], lp[1::2], ref[:, 0], ref[:, 1], beta=self.cfg.beta,
+                                       label_smoothing=self.cfg.label_smoothing)
+                    total += float(loss) * len(idx)
+                    n += len(idx)
+                    correct += float(m["accuracy"]) * len(idx)
+                else:
+                    batch = collate([self.eval_set[i] for i in idx]).to(self.dist.device)
+                    s, _, cnt = packed_loss(self.model, batch)
+                    total += float(s)
+                    n += int(cnt.sum())
+        if was_training:
+            self.model.train()
+        total = distributed.all_reduce_sum(total, self.dist)
+        n = distributed.all_reduce_sum(n, self.dist)
+        out = {"eval_loss": total / max(n, 1)}
+        if self.cfg.objective == "dpo":
+            out["eval_reward_accuracy"] = distributed.all_reduce_sum(correct, self.dist) / max(n, 1)
+        return out
+
+    def _due_eval(self, last: bool) -> bool:
+        if self.eval_set is None:
+            return False
+        return last or bool(self.cfg.eval_every and self.step % self.cfg.eval_every == 0)
 
     # ------------------------------------------------------------------ loop
     def _on_sigterm(self, *_):
@@ -306,20 +412,33 @@ class Trainer:
         old = signal.signal(signal.SIGTERM, self._on_sigterm) if self._is_main_thread() else None
         history = []
         metrics_file = (self.out / "metrics.jsonl").open("a") if self.dist.main else None
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not self.dist.main,
-                   dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.cfg.objective}",
+                   disable=not self.dist.main, dynamic_ncols=True)
+        loader = self._loader()
+        t_start, first_step = self.clock(), self.step
+        from tqdm.contrib.logging import logging_redirect_tqdm
+        redirect = logging_redirect_tqdm() if self.dist.main else nullcontext()
+        redirect.__enter__()
         try:
             while self.step < self.total_steps and self.next_bin + self.group <= self._available_bins():
-                m = self.train_step()
+                m = self.train_step(next(loader) if loader is not None else None)
+                self._rebudget(t_start, first_step)
+                bar.total = self.total_steps
+                last = self.step >= self.total_steps or self.next_bin + self.group > self._available_bins()
+                if self._due_eval(last):
+                    m.update(self.evaluate())
                 history.append(m)
                 bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
+                post = dict(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}", tok_s=f"{m['tokens_per_s']:.0f}")
+                if "eval_loss" in m:
+                    post["eval"] = f"{m['eval_loss']:.4f}"
+                bar.set_postfix(post)
                 if metrics_file:
                     metrics_file.write(json.dumps(m) + "\n")
                     metrics_file.flush()
                 if self.step % self.cfg.log_every == 0:
-                    log.info("step %d loss %.4f lr %.3g %.1f samples/s", m["step"], m["loss"], m["lr"],
-                             m["samples_per_s"])
+                    log.info("step %d loss %.4f lr %.3g %.1f samples/s%s", m["step"], m["loss"], m["lr"],
+                             m["samples_per_s"], f" eval_loss {m['eval_loss']:.4f}" if "eval_loss" in m else "")
                 if self._stop or (self.cfg.save_every and self.step % self.cfg.save_every == 0):
                     self.save()
                 if self._stop:
@@ -329,12 +448,29 @@ class Trainer:
                 if self.cfg.export:
                     self.export(self.out / "export")
         finally:
+            redirect.__exit__(None, None, None)
             bar.close()
             if metrics_file:
                 metrics_file.close()
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
         return history
+
+    def _loader(self):
+        """With num_workers > 0: an iterator of this rank's prepared bins for every remaining step, made ahead of
+        time by worker processes (same order and content as preparing them in the loop)."""
+        if not self.cfg.num_workers:
+            return None
+        from torch.utils.data import DataLoader
+
+        end = self._available_bins()
+        steps = self.total_steps - self.step
+        if end != float("inf"):
+            steps = min(steps, int((end - self.next_bin) // self.group))
+        firsts = [self.next_bin + k * self.group for k in range(max(steps, 0))]
+        ds = _StepItems(self, firsts)
+        return iter(DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.cfg.num_workers,
+                               collate_fn=_identity, prefetch_factor=2, persistent_workers=False))
 
     def _available_bins(self) -> float:
         return float("inf") if self.cfg.max_steps else self.stream.total  # max_steps may run past `epochs`
@@ -361,3 +497,53 @@ class Trainer:
             log.info("exported %s", path)
         distributed.barrier(self.dist)
         return path
+
+
+def _identity(x):
+    return x
+
+
+class _StepItems(torch.utils.data.Dataset):
+    """Item k = the prepared bins of this rank for the k-th remaining optimizer step."""
+
+    def __init__(self, trainer: Trainer, firsts: list[int]):
+        self.data, self.stream, self.objective = trainer.data, trainer.stream, trainer.cfg.objective
+        self.rank, self.world, self.group, self.firsts = trainer.dist.rank, trainer.dist.world, trainer.group, firsts
+
+    def __len__(self) -> int:
+        return len(self.firsts)
+
+    def __getitem__(self, k: int) -> list:
+        first = self.firsts[k]
+        out = []
+        for i in range(first + self.rank, first + self.group, self.world):
+            b = self.stream.bin(i)
+            out.append([self.data[j] for j in b] if self.objective == "dpo" else collate([self.data[j] for j in b]))
+        return out
+
+
+_COUNT_DATA = None
+
+
+def _count_chunk(bounds: tuple[int, int]) -> list[int]:
+    return [_COUNT_DATA.token_count(i) for i in range(*bounds)]
+
+
+def token_counts(data, workers: int = 0) -> list[int]:
+    """Every record's true token count (what packing needs); with workers > 1 and many records the headers are
+    read by forked processes (same numbers, a fraction of the start-up time on large synthetic sets)."""
+    n = len(data)
+    if workers <= 1 or n < 2000:
+        return [data.token_count(i) for i in range(n)]
+    import multiprocessing as mp
+
+    global _COUNT_DATA
+    _COUNT_DATA = data
+    step = max(256, n // (workers * 8))
+    chunks = [(a, min(n, a + step)) for a in range(0, n, step)]
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_count_chunk, chunks)
+    finally:
+        _COUNT_DATA = None
+    return [c for part in parts for c in part]
