@@ -99,8 +99,10 @@ def ours(vlm, samples, amp: bool, steps: int) -> float:
 def reference(path, samples, amp: bool, steps: int, pad_id: int) -> float:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, torch_dtype=torch.float32,
-                                                               attn_implementation="sdpa").train()
+    import transformers
+    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, attn_implementation="sdpa",
+                                                               **{dtype_kw: torch.float32}).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     T = max(s.num_tokens for s in samples)
     B = len(samples)

@@ -6,10 +6,11 @@
 #   DEVICE=cuda AUTOCAST=bfloat16 PACK=16384 BUDGET_MIN=4 N_TRAIN=60000 bash scripts/train_embedded.sh /tmp/emb
 #
 # Settings (environment): N_TRAIN, N_HELDOUT, LEVELS (curriculum LEVEL:SHARE mix), BUDGET_MIN, PACK, WORKERS,
-# DEVICE, AUTOCAST, LR, PYTHON. Output: OUT_DIR/{data,tokenizer,init,train}; the weights in OUT_DIR/train/export.
+# DEVICE, AUTOCAST, LR, MODEL (continue from a trained checkpoint), PYTHON; extra arguments go to `qwenvl train`. Output: OUT_DIR/{data,tokenizer,init,train}; the weights in OUT_DIR/train/export.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-runs/embedded}
+shift || true  # any further arguments go to `qwenvl train` (e.g. --warmup-steps 30)
 PY=${PYTHON:-.venv/bin/python}
 N_TRAIN=${N_TRAIN:-30000}
 N_HELDOUT=${N_HELDOUT:-200}
@@ -20,6 +21,7 @@ WORKERS=${WORKERS:-$(nproc)}
 DEVICE=${DEVICE:-auto}
 AUTOCAST=${AUTOCAST:-auto}
 LR=${LR:-1.0e-3}
+MODEL=${MODEL:-$OUT_DIR/init}  # or a trained checkpoint to continue from
 export TOKENIZERS_PARALLELISM=false
 
 if [ ! -f "$OUT_DIR/init/config.json" ]; then
@@ -27,6 +29,6 @@ if [ ! -f "$OUT_DIR/init/config.json" ]; then
       --levels "$LEVELS" --workers "$WORKERS"
 fi
 data=$(ls "$OUT_DIR"/data/train-c*.jsonl | paste -sd, -)
-$PY -m qwenvl train sft --config configs/embedded.yaml --model "$OUT_DIR/init" --data "[$data]" \
+$PY -m qwenvl train sft --config configs/embedded.yaml --model "$MODEL" --data "[$data]" \
     --output-dir "$OUT_DIR/train" --time-budget-min "$BUDGET_MIN" --pack-length "$PACK" \
-    --num-workers "$WORKERS" --device "$DEVICE" --autocast "$AUTOCAST" --lr "$LR"
+    --num-workers "$WORKERS" --device "$DEVICE" --autocast "$AUTOCAST" --lr "$LR" "$@"

@@ -88,26 +88,45 @@ def score(record: dict, text: str) -> tuple[float, str | None]:
     raise ValueError(f"unknown synthetic task {task!r} in {m.get('id')}")
 
 
+def load_records(data: str | Path) -> list[dict]:
+    """The records of a held-out JSONL file, in file order."""
+    return [json.loads(line) for line in Path(data).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def select(records: list[dict], per_task: int | None) -> list[dict]:
+    """The first `per_task` records of each task (all when None), keeping file order."""
+    chosen, count = [], defaultdict(int)
+    for r in records:
+        t = r["meta"]["task"]
+        if per_task is None or count[t] < per_task:
+            count[t] += 1
+            chosen.append(r)
+    return chosen
+
+
+def generate_answers(vlm, records: list[dict], base: str | Path, max_new_tokens: int = 384, batch_size: int = 4,
+                     progress=None) -> list:
+    """Greedy `Generation`s for the records' prompts (all but the last message), in fixed batches; media paths
+    are relative to `base`. `progress(done, total)` is called after each batch."""
+    out = []
+    for i in range(0, len(records), batch_size):
+        part = records[i:i + batch_size]
+        convs = [_absolute(r["messages"][:-1], Path(base)) for r in part]
+        out += vlm.generate(convs, max_new_tokens=max_new_tokens, temperature=0)
+        if progress is not None:
+            progress(len(out), len(records))
+    return out
+
+
 def evaluate(vlm, data: str | Path, per_task: int = 10, max_new_tokens: int = 384, batch_size: int = 4) -> dict:
     """Generate answers for up to `per_task` held-out records of each task and score them."""
     data = Path(data)
-    recs = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
-    chosen, count = [], defaultdict(int)
-    for r in recs:
-        t = r["meta"]["task"]
-        if count[t] < per_task:
-            count[t] += 1
-            chosen.append(r)
+    chosen = select(load_records(data), per_task)
     scores, errors = defaultdict(list), defaultdict(int)
-    base = data.parent
-    for i in range(0, len(chosen), batch_size):
-        part = chosen[i:i + batch_size]
-        convs = [_absolute(r["messages"][:-1], base) for r in part]
-        gens = vlm.generate(convs, max_new_tokens=max_new_tokens)
-        for r, g in zip(part, gens):
-            s, err = score(r, g.text)
-            scores[r["meta"]["task"]].append(s)
-            errors[r["meta"]["task"]] += err is not None
+    for r, g in zip(chosen, generate_answers(vlm, chosen, data.parent, max_new_tokens, batch_size)):
+        s, err = score(r, g.text)
+        scores[r["meta"]["task"]].append(s)
+        errors[r["meta"]["task"]] += err is not None
     out = {t: {"score": sum(v) / len(v), "n": len(v), "parse_errors": errors[t]} for t, v in sorted(scores.items())}
     out["mean"] = sum(v["score"] for v in out.values()) / max(1, len(out))
     return out

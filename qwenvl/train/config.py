@@ -179,6 +179,8 @@ def _coerce(key: str, value, typ: str, where: str):
             return int(value)
         if base == "bool" and isinstance(value, str):
             return _BOOL[value.strip().lower()]
+        if base == "str" and isinstance(value, bool):  # YAML 1.1 reads a bare `off` / `on` as a boolean
+            return "on" if value else "off"
     except (ValueError, KeyError):
         raise ValueError(f"{where}: {key} must be {base}, got {value!r}") from None
     ok = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}.get(base)

@@ -127,6 +127,7 @@ class Trainer:
         self.stream = BinStream(counts, cfg.pack_length, cfg.seed, cfg.epochs)
         self.group = cfg.grad_accum * self.dist.world
         self.total_steps = cfg.max_steps or max(1, self.stream.total // self.group)
+        self.planned_steps = self.total_steps  # what the data allows; a time budget fits total_steps below it
         fused = {"foreach": True} if dev.type == "cpu" else {"fused": True}
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **fused)
         # the schedule reads total_steps when called: a time budget may shorten the run after it starts
@@ -160,7 +161,7 @@ class Trainer:
             return
         if done % 10 == 0 and (done // 10) & (done // 10 - 1) == 0:  # 10, 20, 40, 80, ...
             fit = self.step + int((budget - elapsed) / (elapsed / done))
-            new = max(self.step + 1, min(self.total_steps, fit))
+            new = max(self.step + 1, min(self.planned_steps, fit))  # may grow again when the pace improves
             if new != self.total_steps:
                 log.info("time budget %.1f min: %d steps fit (pace %.2f s/step)", self.cfg.time_budget_min, new,
                          elapsed / done)

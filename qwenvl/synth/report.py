@@ -1,0 +1,462 @@
+"""The embedded model's evaluation report (issue 7, item 5): held-out metrics, targets, examples and the training
+curve, written as one markdown file by one command.
+
+    python -m qwenvl.synth.report -m runs/emb-run1 --heldout runs/embedded/data/heldout.jsonl \\
+        --metrics runs/embedded/train/metrics.jsonl --out docs/embedded-model.md [--per-task N] [--notes FILE]
+
+Greedy decoding over a fixed record order (the first N records of each task per file, grouped by task) and
+batch size, so rerunning the command reproduces the numbers (on the same machine and software).
+Ground truth comes from each record's `meta` (original pixels); answers are parsed with `qwenvl.tasks`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import re
+import shlex
+import struct
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from ..tasks.coords import FrameMap
+from ..tasks.metrics import box_iou, charades_scores, click_accuracy, coco_map, counting_accuracy, \
+    normalized_edit_distance, temporal_iou
+from ..tasks.types import ParseError
+from .evaluate import _f1, _inside, generate_answers, load_records, select
+
+log = logging.getLogger("qwenvl.synth.report")
+
+# key, title, task, target (None: reported only), higher is better
+METRICS = [
+    ("grounding_acc", "Grounding Acc@0.5", "refer", 0.8, True),
+    ("grounding_miou", "Grounding mean IoU", "refer", None, True),
+    ("detect_map", "Detection mAP@[.5:.95]", "detect", None, True),
+    ("detect_ap50", "Detection AP50", "detect", None, True),
+    ("detect_f1", "Detection F1@0.5", "detect", None, True),
+    ("point_acc", "Point accuracy", "point", None, True),
+    ("count_acc", "Counting accuracy", "count", 0.8, True),
+    ("ocr_exact", "OCR exact match", "read_text", 0.8, True),
+    ("ocr_1ned", "OCR 1 − NED", "read_text", None, True),
+    ("spot_f1", "Text spotting F1@0.5 (text must match)", "spot_text", None, True),
+    ("kv_acc", "Key-value field accuracy", "key_values", None, True),
+    ("doc_ned", "Document edit distance (lower is better)", "document", None, False),
+    ("temporal_miou", "Temporal mIoU", "video_grounding", 0.5, True),
+    ("temporal_r50", "Temporal R@0.5", "video_grounding", None, True),
+    ("click_acc", "Click accuracy", "computer_use", 0.8, True),
+]
+TASK_ORDER = ["detect", "refer", "point", "count", "read_text", "spot_text", "key_values", "document",
+              "video_grounding", "computer_use"]
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.split())
+
+
+def _match_count(pred: list, gt: list, same) -> int:
+    """Greedy one-to-one matches at IoU >= 0.5 where `same(p, g)` holds; pred/gt are (key, box) pairs."""
+    used, hits = set(), 0
+    for pk, pb in pred:
+        best, bj = 0.5, None
+        for j, (gk, gb) in enumerate(gt):
+            if j not in used and same(pk, gk) and pb is not None and (iou := box_iou(pb, gb)) >= best:
+                best, bj = iou, j
+        if bj is not None:
+            used.add(bj)
+            hits += 1
+    return hits
+
+
+def observe(record: dict, text: str) -> dict:
+    """The raw per-record quantities behind the report's metrics (see `aggregate`), plus `error` (parse
+    failure reason or None) and `score` (the record's own figure, shown with the examples)."""
+    from ..tasks.document import parse_document
+    from ..tasks.parse import (parse_count, parse_grounding, parse_key_values, parse_ocr_lines, parse_text_spotting,
+                               parse_time_spans, parse_tool_calls)
+
+    m = record["meta"]
+    task = m["task"]
+    f = FrameMap(tuple(m["original"]), tuple(m["resized"]))
+    o = _failed(m)
+    try:
+        if task in ("detect", "refer", "point"):
+            dets = f.detections_to_original(parse_grounding(text))
+            target = m["objects"][m["target"]]["box"] if task != "detect" else None
+            if task == "detect":
+                o["pred"] = [(d.label, list(d.bbox)) for d in dets if d.bbox is not None]
+                o["score"] = _f1([d for d in dets if d.bbox], m["objects"])
+            elif task == "refer":
+                o["score"] = o["iou"] = box_iou(dets[0].bbox, target) if dets else 0.0
+            else:
+                o["score"] = float(bool(dets) and dets[0].point is not None and _inside(dets[0].point, target))
+        elif task == "count":
+            o["pred"] = parse_count(text)
+            o["score"] = float(o["pred"] == m["count"])
+        elif task == "read_text":
+            got, want = "\n".join(parse_ocr_lines(text)), "\n".join(x["text"] for x in m["lines"])
+            o["exact"] = float(_norm(got) == _norm(want))
+            o["ned"] = normalized_edit_distance(got, want)
+            o["score"] = o["exact"]
+        elif task == "spot_text":
+            items = f.text_items_to_original(parse_text_spotting(text))
+            o["n_pred"] = len(items)
+            o["hits"] = _match_count([(_norm(t.text), t.bbox) for t in items],
+                                     [(_norm(x["text"]), x["box"]) for x in m["lines"]], lambda a, b: a == b)
+            o["score"] = _f1_counts(o["hits"], o["n_pred"], o["n_gt"])
+        elif task == "key_values":
+            vals = parse_key_values(text, m["keys"])
+            o["right"] = sum(vals.get(k) is not None and _norm(str(vals[k])) == _norm(str(v))
+                             for k, v in m["values"].items())
+            o["score"] = o["right"] / max(1, o["total"])
+        elif task == "document":
+            got = "\n".join(b.text for b in parse_document(text))
+            o["ned"] = normalized_edit_distance(got, "\n".join(b["text"] for b in m["blocks"]))
+            o["score"] = 1 - o["ned"]
+        elif task == "video_grounding":
+            spans = parse_time_spans(text)
+            o["pred"] = [float(spans[0][0]), float(spans[0][1])] if spans else None
+            o["score"] = temporal_iou(o["pred"], o["gt"])
+        elif task == "computer_use":
+            calls = parse_tool_calls(text)
+            xy = calls[0].arguments.get("coordinate") if calls else None
+            if not (isinstance(xy, list) and len(xy) == 2):
+                raise ParseError("no click coordinate", text)
+            o["pred"] = list(f.point_to_original(xy))
+            o["score"] = _inside(o["pred"], m["box"])
+        else:
+            raise ValueError(f"unknown synthetic task {task!r} in {m.get('id')}")
+    except ParseError as e:
+        o = {**_failed(m), "error": e.reason}
+    return o
+
+
+def _failed(m: dict) -> dict:
+    """The observation of an unparsable answer: every metric scores it as wrong."""
+    task = m["task"]
+    o = {"task": task, "id": m.get("id"), "error": None, "score": 0.0}
+    if task == "detect":
+        o.update(pred=[], gt=[(x["label"], x["box"]) for x in m["objects"]])
+    elif task == "refer":
+        o["iou"] = 0.0
+    elif task == "count":
+        o.update(pred=None, gt=m["count"])
+    elif task == "read_text":
+        o.update(exact=0.0, ned=1.0)
+    elif task == "spot_text":
+        o.update(hits=0, n_pred=0, n_gt=len(m["lines"]))
+    elif task == "key_values":
+        o.update(right=0, total=len(m["values"]))
+    elif task == "document":
+        o["ned"] = 1.0
+    elif task == "video_grounding":
+        o.update(pred=None, gt=list(m["span"]))
+    elif task == "computer_use":
+        o.update(pred=None, box=list(m["box"]))
+    return o
+
+
+def _f1_counts(hits: int, n_pred: int, n_gt: int) -> float:
+    if n_pred == 0 and n_gt == 0:
+        return 1.0
+    return 0.0 if hits == 0 else 2 * hits / (n_pred + n_gt)
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def aggregate(obs: list[dict]) -> dict:
+    """{metric key: (value, n records)} for the tasks present in `obs` (see METRICS)."""
+    by = defaultdict(list)
+    for o in obs:
+        by[o["task"]].append(o)
+    out = {}
+    if r := by["refer"]:
+        out["grounding_acc"] = (_mean(o["iou"] >= 0.5 for o in r), len(r))
+        out["grounding_miou"] = (_mean(o["iou"] for o in r), len(r))
+    if d := by["detect"]:
+        cm = coco_map([o["pred"] for o in d], [o["gt"] for o in d])
+        out["detect_map"], out["detect_ap50"] = (cm["map"], len(d)), (cm["ap50"], len(d))
+        out["detect_f1"] = (_mean(o["score"] for o in d), len(d))
+    if p := by["point"]:
+        out["point_acc"] = (_mean(o["score"] for o in p), len(p))
+    if c := by["count"]:
+        out["count_acc"] = (counting_accuracy([o["pred"] for o in c], [o["gt"] for o in c]), len(c))
+    if t := by["read_text"]:
+        out["ocr_exact"] = (_mean(o["exact"] for o in t), len(t))
+        out["ocr_1ned"] = (1 - _mean(o["ned"] for o in t), len(t))
+    if s := by["spot_text"]:
+        out["spot_f1"] = (_f1_counts(*(sum(o[k] for o in s) for k in ("hits", "n_pred", "n_gt"))), len(s))
+    if k := by["key_values"]:
+        out["kv_acc"] = (sum(o["right"] for o in k) / max(1, sum(o["total"] for o in k)), len(k))
+    if doc := by["document"]:
+        out["doc_ned"] = (_mean(o["ned"] for o in doc), len(doc))
+    if v := by["video_grounding"]:
+        ch = charades_scores([o["pred"] for o in v], [o["gt"] for o in v])
+        out["temporal_miou"], out["temporal_r50"] = (ch["miou"], len(v)), (ch["r@0.5"], len(v))
+    if g := by["computer_use"]:
+        out["click_acc"] = (click_accuracy([o["pred"] for o in g], [o["box"] for o in g]), len(g))
+    return out
+
+
+def _verdict(value: float, target: float | None, higher: bool) -> str:
+    if target is None:
+        return ""
+    if (value >= target) if higher else (value <= target):
+        return "yes"
+    return f"no — missed by {abs(target - value):.3f}"
+
+
+def metrics_table(agg: dict, with_targets: bool = True) -> list[str]:
+    head = "| metric | task | n | value | target | met? |" if with_targets else "| metric | task | n | value |"
+    rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for key, title, task, target, higher in METRICS:
+        if key not in agg:
+            continue
+        v, n = agg[key]
+        cells = [title, f"`{task}`", str(n), f"{v:.3f}"]
+        if with_targets:
+            cells += ["" if target is None else f"{'≥' if higher else '≤'} {target:g}", _verdict(v, target, higher)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- training curve
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The per-step rows (with a numeric loss) of a trainer's metrics.jsonl, in file order."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict) and isinstance(r.get("loss"), (int, float)) and "step" in r:
+            rows.append(r)
+    return rows
+
+
+def _nice(x: float) -> int:
+    """The smallest 1/2/5 x 10^k integer >= x."""
+    e = 10 ** max(0, math.floor(math.log10(max(x, 1))))
+    return next(k * e for k in (1, 2, 5, 10) if k * e >= x)
+
+
+def _bins(values: list[float], n: int) -> list[float]:
+    if not values:
+        return []
+    n = max(1, min(n, len(values)))
+    return [_mean(values[i * len(values) // n:(i + 1) * len(values) // n]) for i in range(n)]
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    """Unicode sparkline of `values` averaged into at most `width` bins (log scale when all are positive)."""
+    b = _bins(values, width)
+    if not b:
+        return ""
+    if min(b) > 0:
+        b = [math.log(x) for x in b]
+    lo, hi = min(b), max(b)
+    return "".join(SPARKS[0 if hi == lo else round((x - lo) / (hi - lo) * (len(SPARKS) - 1))] for x in b)
+
+
+def curve_section(paths: list[str]) -> list[str]:
+    lines = ["## Training curve", ""]
+    for i, p in enumerate(paths, 1):
+        rows = read_metrics(p)
+        lines += [f"### Run {i}: `{p}`", ""]
+        if not rows:
+            lines += ["(no loss rows)", ""]
+            continue
+        losses = [float(r["loss"]) for r in rows]
+        secs = sum(float(r.get("seconds", 0)) for r in rows)
+        samples = sum(int(r.get("samples", 0)) for r in rows)
+        tokens = sum(int(r.get("tokens", 0)) for r in rows)
+        lines += [f"{len(rows)} steps (step {rows[0]['step']}–{rows[-1]['step']}), {samples:,} samples, "
+                  f"{tokens:,} tokens, {secs / 60:.1f} min of step time; final lr {rows[-1].get('lr', float('nan')):.3g}.",
+                  "", f"loss {losses[0]:.3f} `{sparkline(losses)}` {losses[-1]:.3f} (log scale)", "",
+                  "| steps | samples seen | mean loss | min loss |", "|---|---|---|---|"]
+        seg, seen = _nice(len(rows) / 10), 0
+        for a in range(0, len(rows), seg):
+            part = rows[a:a + seg]
+            seen += sum(int(r.get("samples", 0)) for r in part)
+            ls = [float(r["loss"]) for r in part]
+            lines.append(f"| {part[0]['step']}–{part[-1]['step']} | {seen:,} | {_mean(ls):.3f} | {min(ls):.3f} |")
+        lines.append("")
+    return lines
+
+
+def plot_curve(paths: list[str], out: Path, size=(800, 360)) -> Path | None:
+    """PNG of every run's loss (log scale, runs concatenated, binned means over the raw points)."""
+    from PIL import Image, ImageDraw
+
+    runs = [[float(r["loss"]) for r in read_metrics(p)] for p in paths]
+    allv = [x for r in runs for x in r if x > 0]
+    if not allv:
+        return None
+    W, H, L, R, T, B = *size, 50, 10, 20, 30
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    lo, hi = math.log(min(allv)), math.log(max(allv))
+    total = sum(len(r) for r in runs)
+
+    def xy(i, v):
+        y = 0.5 if hi == lo else (math.log(max(v, 1e-12)) - lo) / (hi - lo)
+        return L + (W - L - R) * i / max(1, total - 1), H - B - (H - T - B) * y
+
+    d.rectangle([L, T, W - R, H - B], outline="black")
+    for v in (math.exp(lo), math.exp((lo + hi) / 2), math.exp(hi)):
+        d.text((2, xy(0, v)[1] - 5), f"{v:.2f}", fill="black")
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    start = 0
+    for k, r in enumerate(runs):
+        c = colours[k % len(colours)]
+        d.point([xy(start + i, v) for i, v in enumerate(r)], fill="#bbbbbb")
+        n = max(1, min(100, len(r)))
+        mids = [start + (i + 0.5) * len(r) / n for i in range(n)]
+        pts = [xy(x, v) for x, v in zip(mids, _bins(r, n))]
+        if len(pts) > 1:
+            d.line(pts, fill=c, width=2)
+        d.text((xy(start, allv[0])[0] + 4, H - B + 4), f"run {k + 1}", fill=c)
+        start += len(r)
+        if k < len(runs) - 1:
+            d.line([xy(start, 1)[0], T, xy(start, 1)[0], H - B], fill="#888888")
+    d.text((L, 4), "training loss per step (log scale); grey: raw, colour: binned mean", fill="black")
+    d.text((W - R - 150, H - B + 4), f"{total} steps, runs in order", fill="black")
+    img.save(out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the report
+
+
+def model_info(path: Path) -> str:
+    """Parameter count, dtype and size of the checkpoint's safetensors (read from their headers)."""
+    n, size, dtypes, h = 0, 0, set(), hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")):
+        raw = f.read_bytes()
+        size += len(raw)
+        h.update(raw)
+        k = struct.unpack("<Q", raw[:8])[0]
+        for name, t in json.loads(raw[8:8 + k]).items():
+            if name != "__metadata__":
+                n += math.prod(t["shape"])
+                dtypes.add(t["dtype"])
+    return (f"{n / 1e6:.2f} M parameters ({n:,}), {'/'.join(sorted(dtypes))}, weights {size / 1e6:.1f} MB, "
+            f"sha256 {h.hexdigest()[:16]}")
+
+
+def _short(s: str, n: int = 160) -> str:
+    s = _norm(re.sub(r"```\w*", " ", s)).replace("`", "'").replace("|", "\\|")
+    return s if len(s) <= n else s[:n - 1] + "…"
+
+
+def build_report(command: str, model_dir: str, info: str, files: list[tuple[str, list, list]], curve: list[str],
+                 notes: str | None, examples: int = 2, plot: str | None = None) -> str:
+    """Markdown from per-file (name, records, observations with answers)."""
+    all_obs = [o for _, _, obs in files for o in obs]
+    agg = aggregate(all_obs)
+    L = ["# Embedded model: held-out evaluation", "",
+         "Produced by (rerun it to reproduce every number; greedy decoding, fixed record order):", "",
+         "```bash", command, "```", "", f"- Model: `{model_dir}` — {info}"]
+    for name, recs, _ in files:
+        L.append(f"- Held-out: `{name}` — {len(recs)} records, sha256 {_file_sha(name)}")
+    L += ["", "## Metrics (all held-out files)", ""] + metrics_table(agg) + [""]
+    missed = [f"{t} by {abs(tg - agg[k][0]):.3f} ({agg[k][0]:.3f} vs {tg:g})" for k, t, _, tg, hb in METRICS
+              if k in agg and tg is not None and _verdict(agg[k][0], tg, hb) != "yes"]
+    see = " What would close each gap: see Notes." if notes else ""
+    L += ([f"Targets missed: {'; '.join(missed)}.{see}" if missed else "All targets met.", ""])
+    L += ["Parse errors and truncations per task:", "", "| task | n | parse errors | hit max_new_tokens |",
+          "|---|---|---|---|"]
+    for t in TASK_ORDER:
+        obs = [o for o in all_obs if o["task"] == t]
+        if obs:
+            L.append(f"| `{t}` | {len(obs)} | {sum(o['error'] is not None for o in obs)} | "
+                     f"{sum(o.get('finish') == 'length' for o in obs)} |")
+    if len(files) > 1:
+        for name, _, obs in files:
+            L += ["", f"### `{name}`", ""] + metrics_table(aggregate(obs), with_targets=False)
+    L += [""] + curve
+    if plot:
+        L += [f"![training loss]({plot})", ""]
+    if notes:
+        L += ["## Notes", "", notes.rstrip(), ""]
+    L += ["## Example answers", "", "First records of each task, shortened, fences removed; score = the record's own figure (IoU for "
+          "refer, F1 for detect / spot_text, 1 − NED for document, temporal IoU, field share, else hit or miss).", "",
+          "| task | record | truth | model | score |", "|---|---|---|---|---|"]
+    for t in TASK_ORDER:
+        for r, o in [(r, o) for _, recs, obs in files for r, o in zip(recs, obs) if o["task"] == t][:examples]:
+            err = f" (parse error: {o['error']})" if o["error"] else ""
+            L.append(f"| `{t}` | `{o['id']}` | `{_short(r['messages'][-1]['content'])}` | "
+                     f"`{_short(o['answer']) or '∅'}`{err} | {o['score']:.2f} |")
+    return "\n".join(L) + "\n"
+
+
+def _file_sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> Path:
+    import qwenvl
+
+    vlm = qwenvl.load(args.model, dtype=args.dtype)
+    model_dir = args.model or f"{vlm.path} (embedded default)"
+    files = []
+    for name in args.heldout:
+        recs = select(load_records(name), args.per_task)
+        recs.sort(key=lambda r: TASK_ORDER.index(r["meta"]["task"]) if r["meta"]["task"] in TASK_ORDER else 99)
+        log.info("%s: %d records", name, len(recs))
+        gens = generate_answers(vlm, recs, Path(name).parent, args.max_new_tokens, args.batch_size,
+                                progress=lambda d, n: log.info("  %d/%d answered", d, n))
+        obs = [{**observe(r, g.text), "answer": g.text, "finish": g.finish_reason} for r, g in zip(recs, gens)]
+        files.append((name, recs, obs))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot = None
+    if args.metrics and not args.no_plot:
+        png = plot_curve(args.metrics, out.with_name(out.stem + "-curve.png"))
+        plot = png.name if png else None
+    notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else None
+    command = "python -m qwenvl.synth.report " + shlex.join(argv)
+    text = build_report(command, model_dir, model_info(Path(vlm.path)), files, curve_section(args.metrics or []),
+                        notes, args.examples, plot)
+    out.write_text(text, encoding="utf-8")
+    if args.json:
+        res = {"overall": aggregate([o for f in files for o in f[2]]),
+               "files": {n: aggregate(obs) for n, _, obs in files}}
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="python -m qwenvl.synth.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("-m", "--model", default=None, help="checkpoint directory (default: the embedded model)")
+    ap.add_argument("--heldout", action="append", required=True, help="held-out JSONL of qwenvl.synth records "
+                    "(repeatable)")
+    ap.add_argument("--metrics", action="append", default=None, help="a training run's metrics.jsonl (repeatable, "
+                    "in run order)")
+    ap.add_argument("--per-task", type=int, default=None, help="first N records of each task per file (default all)")
+    ap.add_argument("--out", default="docs/embedded-model.md")
+    ap.add_argument("--notes", default=None, help="markdown included verbatim (run settings)")
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--dtype", default=None, help="weights dtype (default: the checkpoint's)")
+    ap.add_argument("--examples", type=int, default=2, help="example answers shown per task")
+    ap.add_argument("--json", default=None, help="also write the metrics as JSON here")
+    ap.add_argument("--no-plot", action="store_true", help="skip the PNG of the training curve")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = run(args, argv)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The embedded-model report: metrics are exact on hand-made answers (independent of model quality), and the
+command runs end to end on a small held-out subset, naming itself and reproducing its numbers."""
+import json
+
+import pytest
+
+from qwenvl.synth.build import build_dataset
+from qwenvl.synth.report import METRICS, aggregate, main, observe, sparkline
+from qwenvl.tasks.coords import FrameMap
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("heldout")
+    return d, build_dataset(d, n_per_task=2, split="heldout", seed=5, curriculum=1)
+
+
+def _by(records, task):
+    return [r for r in records if r["meta"]["task"] == task]
+
+
+def _agg(records, answer):
+    return aggregate([observe(r, answer(r)) for r in records])
+
+
+def test_reference_answers_are_perfect(data):
+    _, recs = data
+    agg = _agg(recs, lambda r: r["messages"][-1]["content"])
+    assert set(agg) == {k for k, *_ in METRICS}
+    for key, *_, higher in METRICS:
+        if key not in ("detect_map", "grounding_miou"):  # answers are rounded to whole pixels
+            assert agg[key][0] == pytest.approx(1.0 if higher else 0.0), key
+    assert agg["detect_map"][0] > 0.6 and agg["grounding_miou"][0] > 0.8
+
+
+def test_exact_answers_from_ground_truth(data):
+    """Unrounded boxes in the model frame: mAP@[.5:.95] and IoU are 1; whitespace does not break OCR match."""
+    _, recs = data
+
+    def exact(r):
+        m = r["meta"]
+        f = FrameMap(tuple(m["original"]), tuple(m["resized"]))
+        objs = m["objects"] if m["task"] == "detect" else [m["objects"][m["target"]]]
+        return json.dumps([{"bbox_2d": list(f.box_to_model(o["box"], clip=False)), "label": o["label"]}
+                           for o in objs])
+    agg = _agg(_by(recs, "detect") + _by(recs, "refer"), exact)
+    assert agg["detect_map"][0] == pytest.approx(1.0) and agg["grounding_miou"][0] == pytest.approx(1.0)
+    ocr = _by(recs, "read_text")
+    agg = _agg(ocr, lambda r: "  " + "\n\n".join(x["text"] for x in r["meta"]["lines"]) + " \n")
+    assert agg["ocr_exact"][0] == 1.0
+
+
+def test_wrong_and_junk_answers_score_zero(data):
+    _, recs = data
+    agg = _agg(recs, lambda r: "I am not sure.")
+    for key, *_, higher in METRICS:
+        if key == "ocr_1ned":
+            assert agg[key][0] < 0.5
+        else:
+            assert agg[key][0] == (0.0 if higher else 1.0), key
+    obs = [observe(r, "[{\"bbox_2d\": [0, 0, 2, 2], \"label\": \"x\"}]") for r in _by(recs, "refer")]
+    assert aggregate(obs)["grounding_acc"][0] == 0.0 and all(o["error"] is None for o in obs)
+    count = _by(recs, "count")
+    assert _agg(count, lambda r: f"There are {r['meta']['count'] + 1} items.")["count_acc"][0] == 0.0
+    assert _agg(count, lambda r: f"There are {r['meta']['count']} items.")["count_acc"][0] == 1.0
+    vid = _by(recs, "video_grounding")
+    far = _agg(vid, lambda r: f"It happens in {r['meta']['duration'] + 10:.1f} - {r['meta']['duration'] + 20:.1f} "
+                              "seconds.")
+    assert far["temporal_miou"][0] == 0.0
+    spot = _by(recs, "spot_text")  # right boxes, wrong text: no match
+    wrong = _agg(spot, lambda r: r["messages"][-1]["content"].replace('"text_content": "', '"text_content": "zz'))
+    assert wrong["spot_f1"][0] == 0.0
+    kv = _by(recs, "key_values")
+    half = _agg(kv, lambda r: json.dumps({k: (v if i % 2 == 0 else "nope")
+                                          for i, (k, v) in enumerate(r["meta"]["values"].items())}))
+    assert 0.0 < half["kv_acc"][0] < 1.0
+
+
+def test_sparkline():
+    assert sparkline([8.0, 4.0, 2.0, 1.0], width=4) == "█▆▃▁"
+    assert sparkline([]) == ""
+
+
+def test_report_command_end_to_end(data, tmp_path):
+    from qwenvl.tiny import make_random_checkpoint
+
+    d, _ = data
+    ckpt = make_random_checkpoint(tmp_path / "ckpt")
+    runs = []
+    for k, (a, b) in enumerate([(1, 30), (31, 45)]):
+        p = tmp_path / f"metrics{k}.jsonl"
+        p.write_text("".join(json.dumps({"step": s, "loss": 6.0 / s, "lr": 1e-3, "samples": 8, "tokens": 512,
+                                         "seconds": 0.5}) + "\n" for s in range(a, b + 1)))
+        runs.append(p)
+    notes = tmp_path / "notes.md"
+    notes.write_text("Run 1: lr 1e-3, curriculum 0.\n")
+    out = tmp_path / "docs" / "report.md"
+    argv = ["-m", str(ckpt), "--heldout", str(d / "heldout.jsonl"), "--per-task", "1", "--max-new-tokens", "6",
+            "--metrics", str(runs[0]), "--metrics", str(runs[1]), "--notes", str(notes), "--out", str(out),
+            "--json", str(tmp_path / "r.json")]
+    assert main(argv) == 0
+    text = out.read_text()
+    assert "python -m qwenvl.synth.report -m " + str(ckpt) in text and "--per-task 1" in text
+    for row in ("| Grounding Acc@0.5 | `refer` | 1 |", "| Detection mAP@[.5:.95] |", "| Counting accuracy |",
+                "| OCR exact match |", "| Document edit distance", "| Temporal mIoU |", "| Click accuracy |"):
+        assert row in text, row
+    assert "missed by" in text and "Run 1: lr 1e-3, curriculum 0." in text
+    assert "### Run 2:" in text and "| 31–" in text
+    assert (tmp_path / "docs" / "report-curve.png").stat().st_size > 0
+    first = json.loads((tmp_path / "r.json").read_text())
+    assert main(argv) == 0  # rerunning reproduces the report
+    assert out.read_text() == text and json.loads((tmp_path / "r.json").read_text()) == first
