@@ -114,12 +114,13 @@ class VLM:
 
 
 def load(path: str | os.PathLike | None = None, *, dtype=None, device=None, pack: bool | None = None) -> VLM:
-    """Load a Qwen2.5-VL checkpoint directory (HF layout). `dtype` defaults to the checkpoint's `torch_dtype`
+    """Load a Qwen2.5-VL checkpoint directory (HF layout); no path = the embedded default model. `dtype`
+    defaults to the checkpoint's `torch_dtype`
     (float32 on a CPU without native bf16). `pack` pre-packs the linear weights for oneDNN (inference only; default:
     on wherever the CPU supports it, see `qwenvl.model.packed`)."""
-    if path is None:
-        raise FileNotFoundError("no embedded default model is bundled yet; pass the path of a Qwen2.5-VL checkpoint "
-                                "directory, e.g. qwenvl.load('/models/Qwen2.5-VL-3B-Instruct')")
+    if path is None:  # the embedded default model (qwenvl/embedded)
+        from . import embedded
+        path = embedded.path()
     path = Path(path).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist; pass a Qwen2.5-VL checkpoint directory")

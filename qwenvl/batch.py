@@ -60,3 +60,29 @@ class Batch:
     @property
     def batch_size(self) -> int:
         return self.input_ids.shape[0]
+
+
+def concat(batches: list[Batch], pad_id: int) -> Batch:
+    """One left-padded batch from several (rows in order; media tensors concatenated in the same order, which is
+    the order their pad tokens appear in the flattened batch). Used to prefill requests that arrive together."""
+    if len(batches) == 1:
+        return batches[0]
+    T = max(b.input_ids.shape[1] for b in batches)
+    B = sum(b.batch_size for b in batches)
+    ids = torch.full((B, T), pad_id, dtype=batches[0].input_ids.dtype)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    r = 0
+    for b in batches:
+        n, t = b.input_ids.shape
+        ids[r:r + n, T - t:] = b.input_ids
+        mask[r:r + n, T - t:] = 1 if b.attention_mask is None else b.attention_mask
+        r += n
+
+    def cat(name):
+        parts = [getattr(b, name) for b in batches if getattr(b, name) is not None]
+        return torch.cat(parts) if parts else None
+    return Batch(input_ids=ids, attention_mask=mask, pixel_values=cat("pixel_values"),
+                 image_grid_thw=cat("image_grid_thw"), pixel_values_videos=cat("pixel_values_videos"),
+                 video_grid_thw=cat("video_grid_thw"), second_per_grid_ts=cat("second_per_grid_ts"),
+                 media=[m for b in batches for m in (b.media or [[]] * b.batch_size)],
+                 prompts=[p for b in batches for p in (b.prompts or [""] * b.batch_size)])

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 log = logging.getLogger("qwenvl")
 
@@ -13,53 +12,12 @@ class CLIError(Exception):
     """An expected failure: printed as one line, exit status 2."""
 
 
-def _cache_dir() -> Path:
-    import os
-    return Path(os.environ.get("QWENVL_CACHE", Path.home() / ".cache" / "qwenvl"))
-
-
-def cmd_demo(args) -> int:
-    """Main job until the embedded model ships: a tiny random checkpoint, a generated picture, a streamed answer."""
-    from PIL import Image, ImageDraw
-
-    from qwenvl.cli_generate import _report, _stream_answer, load_model
-    from qwenvl.tiny import make_random_checkpoint
-
-    cache = _cache_dir()
-    if not args.model:
-        args.model = str(cache / "tiny-random")
-        if not (Path(args.model) / "config.json").is_file():
-            make_random_checkpoint(args.model, seed=0)
-        print("NOTE: this demo runs a tiny RANDOMLY INITIALISED Qwen2.5-VL checkpoint generated on this machine "
-              f"({args.model}); its answers are noise until the embedded trained model ships.", file=sys.stderr)
-    picture = cache / "demo.png"
-    if not picture.is_file():
-        picture.parent.mkdir(parents=True, exist_ok=True)
-        img = Image.new("RGB", (320, 240), "white")
-        d = ImageDraw.Draw(img)
-        d.ellipse((30, 40, 110, 120), fill="red")
-        d.rectangle((180, 60, 280, 160), fill="blue")
-        img.save(picture)
-    vlm = load_model(args)
-    messages = [{"role": "user", "content": [{"type": "image", "image": str(picture)},
-                                             {"type": "text", "text": args.prompt}]}]
-    g, ttft, total = _stream_answer(vlm, messages, {"max_new_tokens": args.max_new_tokens, "temperature": 0})
-    print()
-    _report(g, ttft, total)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qwenvl", description="Run, serve, fine-tune and evaluate Qwen2.5-VL.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the main job on a tiny generated checkpoint")
-    d.add_argument("-m", "--model", help="checkpoint directory (default: a tiny random one made on first use)")
-    d.add_argument("--prompt", default="Describe this image.")
-    d.add_argument("--max-new-tokens", type=int, default=16)
-    d.add_argument("--dtype", default=None, help="bfloat16 | float32 (default: the checkpoint's)")
-    d.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
-    d.set_defaults(func=cmd_demo)
+    from .cli_demo import register as register_demo
+    register_demo(sub)
 
     from .cli_generate import add_model_args, add_sampling_args, cmd_chat, cmd_generate
     g = sub.add_parser("generate", help="answer one prompt about images/videos, streamed to stdout")
@@ -86,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_train(sub)
     from .cli_eval import register as register_eval
     register_eval(sub)
+    from .cli_serve import register as register_serve
+    register_serve(sub)
     return p
 
 

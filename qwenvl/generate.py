@@ -162,6 +162,44 @@ def run(model, tokenizer, batch: Batch, params: list[SamplingParams], stop_ids: 
         step += 1
 
 
+# ---------------------------------------------------------------- pieces for a scheduler (continuous batching)
+def new_row(model, tokenizer, batch: Batch, i: int, params: SamplingParams, stop_ids: set[int]) -> _Row:
+    """The per-row state `run()` keeps (sampler, detokenizer, stops, constraint) for row i of a prompt batch;
+    `row.step(logits)` -> (token_id, text delta, Generation or None)."""
+    c = model.config
+    ids = batch.input_ids[i]
+    if batch.attention_mask is not None:
+        ids = ids[batch.attention_mask[i].bool()]
+    ids = ids.tolist()
+    visual = sum(t in (c.image_token_id, c.video_token_id) for t in ids)
+    return _Row(i, ids, params, tokenizer, stop_ids, batch.media[i] if i < len(batch.media) else [], visual,
+                c.text.vocab_size, model.device)
+
+
+@torch.inference_mode()
+def prefill(model, batch: Batch, room: int):
+    """Run a prompt batch once into a fresh eager KV cache with `room` free slots per row.
+    Returns (cache, rope deltas (B, 1), last-position logits (B, V))."""
+    b = batch.to(model.device)
+    B, T = b.input_ids.shape
+    mask = b.attention_mask if b.attention_mask is not None else torch.ones_like(b.input_ids)
+    cache = model.new_cache(B, T + max(1, room))
+    pos, delta = model.rope_index(b.input_ids, mask, b.image_grid_thw, b.video_grid_thw, b.second_per_grid_ts)
+    logits = model(b.input_ids, mask, b.pixel_values, b.image_grid_thw, b.pixel_values_videos, b.video_grid_thw,
+                   position_ids=pos, cache=cache, logits_to_keep=1)[:, -1]
+    return cache, delta, logits
+
+
+@torch.inference_mode()
+def decode_step(model, cache, next_ids: list[int], delta: torch.Tensor) -> torch.Tensor:
+    """One eager decode step: one token per cache row at the next slot (rope position slot + delta).
+    Returns logits (B, V)."""
+    cache.ensure_room(1)
+    ids = torch.tensor(next_ids, device=model.device).view(-1, 1)
+    pos = decode_position_ids(cache.length, 1, delta)
+    return model(ids, position_ids=pos, cache=cache)[:, -1]
+
+
 def generate(model, tokenizer, batch: Batch, params: list[SamplingParams], stop_ids: set[int],
              decode: str = "auto") -> list[Generation]:
     out: list[Generation | None] = [None] * batch.batch_size

@@ -23,3 +23,11 @@ def ref_dir_tied(tmp_path_factory):
     path = tmp_path_factory.mktemp("ref_tied")
     model, tok, cfg = make_reference_dir(path, seed=1, tie_word_embeddings=True)
     return path, model, cfg
+
+
+@pytest.fixture(scope="session")
+def parrot_dir(tmp_path_factory):
+    """A tiny checkpoint trained to give known answers (a box list, a tool call): tests/serve_util.py."""
+    from serve_util import make_parrot_checkpoint
+
+    return make_parrot_checkpoint(tmp_path_factory.mktemp("parrot"))

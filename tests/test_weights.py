@@ -134,10 +134,12 @@ def test_other_model_type_is_rejected(ref_dir, tmp_path):
         qwenvl.load(bad)
 
 
-def test_missing_directory_and_weights(tmp_path):
+def test_missing_directory_and_weights(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         qwenvl.load(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="embedded default model"):
+    from qwenvl import embedded
+    monkeypatch.setattr(embedded, "DIR", tmp_path)  # a partial install without the bundled weights
+    with pytest.raises(FileNotFoundError, match="embedded default model is missing"):
         qwenvl.load()
 
 

@@ -71,6 +71,66 @@ class KVCache:
         self.v = [v.index_select(0, rows) for v in self.v]
         self.valid = self.valid.index_select(0, rows)
 
+    # ------------------------------------------------------------------ continuous batching (eager mode only)
+    def _eager_only(self, what: str) -> None:
+        if self.static_slot is not None:
+            raise ValueError(f"{what} needs an eager (non-static) KV cache")
+
+    def extend_rows(self, other: "KVCache", min_max_len: int = 0) -> tuple[int, int]:
+        """Append the rows of `other` (a request that joins a running batch). Both sides are right-aligned at the
+        longer length: the shorter side's slots move right and the new front slots stay invalid. Returns
+        (shift_self, shift_other), the slots each side moved, so a caller keeps rope positions with
+        `delta -= shift`. The buffers are reallocated with at least `min_max_len` slots."""
+        self._eager_only("extend_rows")
+        other._eager_only("extend_rows")
+        if len(self.k) != len(other.k) or self.k[0].shape[1] != other.k[0].shape[1] \
+                or self.k[0].shape[3] != other.k[0].shape[3]:
+            raise ValueError("extend_rows: the caches come from different models")
+        L = max(self.length, other.length)
+        s1, s2 = L - self.length, L - other.length
+        B1, B2 = self.batch, other.batch
+        max_len = max(L, min_max_len)
+        k0 = self.k[0]
+        shape = (B1 + B2, k0.shape[1], max_len, k0.shape[3])
+        for layer in range(len(self.k)):
+            for buf, src in ((self.k, other.k), (self.v, other.v)):
+                new = torch.zeros(shape, dtype=buf[layer].dtype, device=buf[layer].device)
+                new[:B1, :, s1:L] = buf[layer][:, :, : self.length]
+                new[B1:, :, s2:L] = src[layer][:, :, : other.length].to(new.dtype)
+                buf[layer] = new
+        valid = torch.zeros(B1 + B2, max_len, dtype=torch.bool, device=self.valid.device)
+        valid[:B1, s1:L] = self.valid[:, : self.length]
+        valid[B1:, s2:L] = other.valid[:, : other.length].to(valid.device)
+        self.valid, self.max_len, self.length = valid, max_len, L
+        return s1, s2
+
+    def trim_front(self) -> int:
+        """Drop the leading slots that no row uses (left by rows that left the batch); returns how many were
+        dropped, so a caller keeps rope positions with `delta += dropped`."""
+        self._eager_only("trim_front")
+        used = self.valid[:, : self.length].any(0)
+        n = int(used.int().argmax()) if bool(used.any()) else self.length
+        if n == 0:
+            return 0
+        self.k = [k[:, :, n:].clone() for k in self.k]
+        self.v = [v[:, :, n:].clone() for v in self.v]
+        self.valid = self.valid[:, n:].clone()
+        self.max_len -= n
+        self.length -= n
+        return n
+
+    def ensure_room(self, n: int) -> None:
+        """Make room for n more slots, reallocating (doubling) the buffers when they are full."""
+        self._eager_only("ensure_room")
+        if self.length + n <= self.max_len:
+            return
+        new_len = max(self.length + n, 2 * self.max_len)
+        pad = new_len - self.max_len
+        self.k = [torch.nn.functional.pad(k, (0, 0, 0, pad)) for k in self.k]
+        self.v = [torch.nn.functional.pad(v, (0, 0, 0, pad)) for v in self.v]
+        self.valid = torch.nn.functional.pad(self.valid, (0, pad))
+        self.max_len = new_len
+
     def reset(self) -> None:
         self.length = 0
         self.valid.zero_()
