@@ -45,4 +45,7 @@ def cmd_demo(args) -> int:
         ok = found == len(truth) and out["count"] == len(truth)
         print(f"check against the example's known objects: {found}/{len(truth)} found at IoU >= 0.5, count "
               f"{out['count']} (true {len(truth)}) -> {'CORRECT' if ok else 'WRONG'}", file=sys.stderr)
+        if not ok:
+            print("note: the embedded model is still below its targets (held-out scores: docs/embedded-model.md)",
+                  file=sys.stderr)
     return 0

@@ -406,7 +406,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     import qwenvl
 
     vlm = qwenvl.load(args.model, dtype=args.dtype)
-    model_dir = args.model or f"{vlm.path} (embedded default)"
+    model_dir = args.model or "qwenvl/embedded (the embedded default model)"
     files = []
     for name in args.heldout:
         recs = select(load_records(name), args.per_task)
