@@ -61,18 +61,18 @@ class _Row:
         self.detok = IncrementalDetokenizer(tokenizer, params.stop)
         self.stop_ids = set(stop_ids) | set(params.stop_token_ids)
         self.media, self.prompt_len, self.visual = media, len(prompt_ids), visual
-        self.tokenizer, self.constraint = tokenizer, None
+        self.tokenizer, self.constraint, self._token_bytes = tokenizer, None, None
         if params.constraint is not None:
-            from .tasks.constrained import grounding_constraint
+            from .tasks.constrained import grounding_constraint, token_bytes
             self.constraint = grounding_constraint(tokenizer, params.constraint, self.stop_ids)
+            self._token_bytes = token_bytes
 
     def step(self, logits: torch.Tensor) -> tuple[int, str, Generation | None]:
         if self.constraint is not None:
             logits = self.constraint.mask(logits)
         tok = int(self.sampler(logits.unsqueeze(0), [self.history], [len(self.generated)], [self.stop_ids])[0])
         if self.constraint is not None:
-            from .tasks.constrained import token_bytes
-            self.constraint.advance(token_bytes(self.tokenizer, tok))
+            self.constraint.advance(self._token_bytes(self.tokenizer, tok))
         self.generated.append(tok)
         self.history.append(tok)
         if tok in self.stop_ids:  # the sampler never picks one before min_new_tokens
