@@ -150,8 +150,8 @@ class Trainer:
 
     def _rebudget(self, t_start: float, first_step: int) -> None:
         """time_budget_min: after 10, 20, 40, ... steps of this process, re-estimate how many steps fit in the
-        budget from the measured pace and shorten total_steps (so the cosine still ends at the end); past the
-        budget, end now."""
+        budget from the measured pace and set total_steps (at most what the data allows), so the cosine still ends
+        at the end; past the budget, end now."""
         budget = self.cfg.time_budget_min * 60
         if budget <= 0:
             return
@@ -274,17 +274,11 @@ class Trainer:
         idx = range(self.next_bin + self.dist.rank, self.next_bin + self.group, self.dist.world)
         return [self.stream.bin(i) for i in idx]
 
-    def _prepare(self, b: list[int]):
-        """One bin's training input: a PackedBatch (SFT) or the bin's PreferencePairs (DPO)."""
-        if self.cfg.objective == "dpo":
-            return [self.data[i] for i in b]
-        return collate([self.data[i] for i in b])
-
     def train_step(self, prepared: list | None = None) -> dict:
-        """One optimizer step over this rank's bins; `prepared` = those bins already made by `_prepare`."""
+        """One optimizer step over this rank's bins; `prepared` = those bins already made by `prepare_bin`."""
         t0 = time.perf_counter()
         bins = self._my_bins()
-        items = prepared if prepared is not None else [self._prepare(b) for b in bins]
+        items = prepared if prepared is not None else [prepare_bin(self.data, self.cfg.objective, b) for b in bins]
         if self.cfg.objective == "dpo":
             loss, n_samples, n_tokens, extra = self._dpo_step(bins, items)
         else:
@@ -500,6 +494,13 @@ class Trainer:
         return path
 
 
+def prepare_bin(data, objective: str, b: list[int]):
+    """One bin's training input: a PackedBatch (SFT) or the bin's PreferencePairs (DPO)."""
+    if objective == "dpo":
+        return [data[i] for i in b]
+    return collate([data[i] for i in b])
+
+
 def _identity(x):
     return x
 
@@ -516,11 +517,8 @@ class _StepItems(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> list:
         first = self.firsts[k]
-        out = []
-        for i in range(first + self.rank, first + self.group, self.world):
-            b = self.stream.bin(i)
-            out.append([self.data[j] for j in b] if self.objective == "dpo" else collate([self.data[j] for j in b]))
-        return out
+        return [prepare_bin(self.data, self.objective, self.stream.bin(i))
+                for i in range(first + self.rank, first + self.group, self.world)]
 
 
 _COUNT_DATA = None
