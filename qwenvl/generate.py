@@ -112,21 +112,9 @@ def run(model, tokenizer, batch: Batch, params: list[SamplingParams], stop_ids: 
     cache), 'graph' (static steps replayed as CUDA graphs), 'auto' (graph on CUDA unless QWENVL_CUDA_GRAPHS=0,
     else eager)."""
     mode = _decode_mode(decode, model.device)
-    c = model.config
-    b = batch.to(model.device)
-    B, T = b.input_ids.shape
-    mask = b.attention_mask if b.attention_mask is not None else torch.ones_like(b.input_ids)
-    pads = {c.image_token_id, c.video_token_id}
-    rows = []
-    for i in range(B):
-        ids = b.input_ids[i][mask[i].bool()].tolist()
-        rows.append(_Row(i, ids, params[i], tokenizer, stop_ids, batch.media[i] if i < len(batch.media) else [],
-                         sum(t in pads for t in ids), c.text.vocab_size, model.device))
-    max_new = max(p.max_new_tokens for p in params)
-    cache = model.new_cache(B, T + max_new)
-    pos, delta = model.rope_index(b.input_ids, mask, b.image_grid_thw, b.video_grid_thw, b.second_per_grid_ts)
-    logits = model(b.input_ids, mask, b.pixel_values, b.image_grid_thw, b.pixel_values_videos, b.video_grid_thw,
-                   position_ids=pos, cache=cache, logits_to_keep=1)[:, -1]  # prefill: (B, V)
+    B, T = batch.input_ids.shape
+    rows = [new_row(model, tokenizer, batch, i, params[i], stop_ids) for i in range(B)]
+    cache, delta, logits = prefill(model, batch, max(p.max_new_tokens for p in params))  # logits: (B, V)
     active = list(range(B))  # batch index -> row
     step = 0
     decoder = None
@@ -147,7 +135,7 @@ def run(model, tokenizer, batch: Batch, params: list[SamplingParams], stop_ids: 
             cache.keep_rows(idx)
             delta = delta[idx]
             active = [active[j] for j in keep]
-        ids = torch.tensor(next_ids, device=b.input_ids.device).view(-1, 1)
+        ids = torch.tensor(next_ids, device=model.device).view(-1, 1)
         pos = decode_position_ids(T + step, 1, delta)
         if mode == "graph":
             if decoder is None or not decoder.matches(cache):  # first step, or rows left the batch
