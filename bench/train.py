@@ -76,7 +76,17 @@ def time_steps(step, steps: int) -> float:
     return statistics.median(ts)
 
 
-def ours(vlm, samples, amp: bool, steps: int) -> float:
+def profile_table(step, n: int = 2, rows: int = 25) -> str:
+    """The top operators (self CPU time) of n more steps: where the step's time goes on this machine."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def ours(vlm, samples, amp: bool, steps: int, profile: bool = False):
     from qwenvl.train.packing import collate, packed_loss
 
     model = vlm.model.train()
@@ -93,7 +103,8 @@ def ours(vlm, samples, amp: bool, steps: int) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return time_steps(step, steps)
+    t = time_steps(step, steps)
+    return (t, profile_table(step)) if profile else t
 
 
 def reference(path, samples, amp: bool, steps: int, pad_id: int) -> float:
@@ -153,6 +164,7 @@ def main():
     ap.add_argument("--modes", default="fp32,bf16")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", action="store_true", help="also write our step's top operators to stderr / --out")
     args = ap.parse_args()
     rows = []
     for shape in args.sizes.split(","):
@@ -166,7 +178,11 @@ def main():
             row = {"shape": shape, "params_m": round(params / 1e6, 2), "mode": mode, "batch": args.batch,
                    "tokens_per_step": tokens}
             vlm = qwenvl.load(d, dtype=torch.float32, pack=False)  # fresh weights and optimizer per measurement
-            t = ours(vlm, samples, amp, args.steps)
+            t = ours(vlm, samples, amp, args.steps, args.profile)
+            if args.profile:
+                t, table = t
+                row["profile"] = table
+                print(table, file=sys.stderr, flush=True)
             row.update(ours_s=t, ours_samples_s=args.batch / t, ours_tokens_s=tokens / t)
             print(f"[{shape} {mode}] ours: {t:.3f} s/step, {args.batch / t:.1f} samples/s", file=sys.stderr, flush=True)
             if not args.skip_reference:

@@ -23,7 +23,7 @@ pin 2-$((N - 1)) $PY -m qwenvl.synth.embedded prepare --out $E --n-train "${N_TR
   --n-heldout 200 --levels "${LEVELS:-0:0.3,1:0.4,2:0.3}" --workers $W > "$OUT/prepare.log" 2>&1 &
 prep=$!
 CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 pin 0,1 timeout "${BENCH_S:-150}" $PY bench/train.py --sizes 6m \
-  --modes fp32,bf16 --steps 3 --out "$OUT/bench-train-2core.json" > "$OUT/bench.log" 2>&1
+  --modes fp32,bf16 --steps 3 --profile --out "$OUT/bench-train-2core.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?" >> "$OUT/bench.log"
 wait $prep; echo "prepare rc=$?" >> "$OUT/prepare.log"
 left=$(( TOTAL_S - ($(date +%s) - T0) - 60 ))  # 60 s: start-up, export and packing

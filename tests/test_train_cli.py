@@ -116,3 +116,31 @@ def test_time_budget_shortens_the_run_and_completes_the_schedule(tmp_path):
     assert len(hist) == 15  # 15 s at 1 s/step
     assert t.total_steps == 15
     assert hist[-1]["lr"] < 0.02 * cfg.lr  # the cosine reached (almost) its floor on the last step
+
+
+def test_time_budget_refits_never_raise_the_learning_rate(tmp_path):
+    """The pace changes mid-run (slow, then fast): each re-estimate moves total_steps, but the cosine keeps the
+    progress it has reached, so after warm-up the rate only goes down, and it still ends at its floor."""
+    from qwenvl.train.config import TrainConfig
+    from qwenvl.train.trainer import Trainer
+
+    base = TrainConfig.from_file(ROOT / "configs" / "tiny-sft.yaml").to_dict()
+    cfg = TrainConfig.from_dict({**base, "out_dir": str(tmp_path / "p"), "epochs": 60, "export": False,
+                                 "eval_data": [], "time_budget_min": 1.0, "warmup_steps": 3, "min_lr_ratio": 0.0,
+                                 "pack_length": 1024})
+    t = Trainer(cfg)
+
+    def times():  # fit start, then one call per step: 10 steps of 2 s, then 0.5 s each
+        now = 0.0
+        yield now
+        for i in range(10_000):
+            now += 2.0 if i < 10 else 0.5
+            yield now
+    ticks = times()
+    t.clock = lambda: next(ticks)
+    hist = t.fit(resume=False)
+    lrs = [m["lr"] for m in hist]
+    after = lrs[cfg.warmup_steps:]
+    assert len(hist) > 40  # shrunk to 30 steps after the slow start, then grown again by the faster pace
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(after, after[1:])), after
+    assert lrs[-1] < 0.05 * cfg.lr

@@ -128,6 +128,7 @@ class Trainer:
         self.group = cfg.grad_accum * self.dist.world
         self.total_steps = cfg.max_steps or max(1, self.stream.total // self.group)
         self.planned_steps = self.total_steps  # what the data allows; a time budget fits total_steps below it
+        self.lr_anchor = None  # (step, cosine progress, warmup) once a time budget has moved total_steps
         fused = {"foreach": True} if dev.type == "cpu" else {"fused": True}
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **fused)
         # the schedule reads total_steps when called: a time budget may shorten the run after it starts
@@ -144,9 +145,36 @@ class Trainer:
                 self.eval_ref_logps = self._reference_logps(self.eval_set, self.eval_n,
                                                              "reference_logps_eval.json")
 
+    def _warmup(self) -> int:
+        if self.lr_anchor is not None:
+            return self.lr_anchor[2]
+        return self.cfg.warmup_steps or int(round(self.cfg.warmup_ratio * self.total_steps))
+
     def _lr_factor(self, step: int) -> float:
-        warmup = self.cfg.warmup_steps or int(round(self.cfg.warmup_ratio * self.total_steps))
-        return cosine_lambda(self.total_steps, warmup, self.cfg.min_lr_ratio)(step)
+        warmup = self._warmup()
+        if self.lr_anchor is None:
+            return cosine_lambda(self.total_steps, warmup, self.cfg.min_lr_ratio)(step)
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        s0, p0, _ = self.lr_anchor  # cosine progress p0 reached at step s0; the rest spread up to the last step
+        t = p0 + (1 - p0) * (step - s0) / max(1, self.total_steps - 1 - s0)
+        r = self.cfg.min_lr_ratio
+        return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, t))))
+
+    def _set_total(self, new: int) -> None:
+        """Change total_steps mid-run without a jump in the learning rate: the cosine keeps the progress it has
+        reached and spreads the rest over the new remaining steps (so the rate only ever goes down)."""
+        if new == self.total_steps:
+            return
+        warmup = self._warmup()
+        if self.step >= warmup:
+            if self.lr_anchor is None:
+                t = (self.step - warmup) / max(1, self.total_steps - warmup)
+            else:
+                s0, p0, _ = self.lr_anchor
+                t = p0 + (1 - p0) * (self.step - s0) / max(1, self.total_steps - 1 - s0)
+            self.lr_anchor = (self.step, min(1.0, max(0.0, t)), warmup)
+        self.total_steps = new
 
     def _rebudget(self, t_start: float, first_step: int) -> None:
         """time_budget_min: after 10, 20, 40, ... steps of this process, re-estimate how many steps fit in the
@@ -165,7 +193,7 @@ class Trainer:
             if new != self.total_steps:
                 log.info("time budget %.1f min: %d steps fit (pace %.2f s/step)", self.cfg.time_budget_min, new,
                          elapsed / done)
-            self.total_steps = new
+            self._set_total(new)
 
     def _model_dir(self) -> str:
         """The starting checkpoint; `tiny-random` writes a fresh toy model to out_dir/init once (rank 0)."""
@@ -187,7 +215,8 @@ class Trainer:
         return dict(model_state=self._model_state(), optimizer_state=self.opt.state_dict(),
                     scheduler_state=self.sched.state_dict(), rng_state=capture_rng(),
                     data_state={"next_bin": self.next_bin, "step": self.step, "seed": self.cfg.seed,
-                                "total_steps": self.total_steps})
+                                "total_steps": self.total_steps,
+                                "lr_anchor": None if self.lr_anchor is None else list(self.lr_anchor)})
 
     def _model_state(self) -> dict:
         if self.dist.enabled:
@@ -242,6 +271,8 @@ class Trainer:
         self.step, self.next_bin = ck["data_state"]["step"], ck["data_state"]["next_bin"]
         if self.cfg.time_budget_min and "total_steps" in ck["data_state"]:
             self.total_steps = ck["data_state"]["total_steps"]
+            anchor = ck["data_state"].get("lr_anchor")
+            self.lr_anchor = None if anchor is None else (int(anchor[0]), float(anchor[1]), int(anchor[2]))
         log.info("resumed from %s (step %d)", ck["path"], self.step)
         return True
 

@@ -1,0 +1,154 @@
+"""Does a model use its images? Three measurements on held-out samples, for runs that train the vision side.
+
+A vision-language model trained from scratch (or a vision tower fine-tuned with a high learning rate) can fall into
+a state where the language model ignores the pictures: its loss is the same with the real images and with blank
+ones, and the features the merger hands to the language model are one large vector shared by every visual token
+(the language model uses them as an "attention sink"). The loss still falls (answer formats are learned), so the
+curve alone does not show it. This module measures it:
+
+- **media reliance**: mean answer-token loss with the real pixels and with every pixel set to the normaliser's
+  mean (a flat grey picture); the gap is what the pictures are worth, in nats per token;
+- **visual-token spread**: at the merger output (what the language model reads), the standard deviation across
+  the tokens of one picture relative to their root-mean-square size (1 = fully varied, 0 = one shared vector);
+- **gradient norms** of one backward pass, per tower (vision blocks, merger, language model).
+
+    python -m qwenvl.train.diagnose -m CHECKPOINT --data heldout.jsonl [--n 24]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import defaultdict
+
+import torch
+
+from .packing import collate, packed_loss
+
+log = logging.getLogger(__name__)
+
+IGNORED_GAP = 0.01  # nats per answer token: below this the pictures do not matter to the model
+COLLAPSED_SPREAD = 0.05  # visual tokens that vary by less than 5 % of their size carry (almost) no picture
+
+
+def _with_media(samples) -> list:
+    return [s for s in samples if s.pixel_values is not None or s.pixel_values_videos is not None]
+
+
+def media_reliance(model, samples) -> dict:
+    """Answer-token loss with the real media and with flat grey media (normalised pixels all zero)."""
+    batch = collate(samples)
+    n = batch.num_loss_tokens
+    with torch.no_grad():
+        real = float(packed_loss(model, batch)[0]) / n
+        for k in ("pixel_values", "pixel_values_videos"):
+            if getattr(batch, k) is not None:
+                setattr(batch, k, torch.zeros_like(getattr(batch, k)))
+        blank = float(packed_loss(model, batch)[0]) / n
+    return {"loss": real, "loss_blank_media": blank, "gap": blank - real, "loss_tokens": n}
+
+
+def visual_token_spread(model, samples) -> dict:
+    """Mean over pictures of (std across its visual tokens) / (rms of its visual tokens) at the merger output."""
+    ratios, rms = [], []
+    merge = model.config.vision.spatial_merge_size ** 2
+    with torch.no_grad():
+        for s in samples:
+            for pix, grid in ((s.pixel_values, s.image_grid_thw), (s.pixel_values_videos, s.video_grid_thw)):
+                if pix is None:
+                    continue
+                feats = model.visual(pix.to(model.dtype), grid).float()  # (tokens of all items, C)
+                start = 0
+                for g in grid:
+                    n = int(g.prod()) // merge
+                    f = feats[start:start + n]
+                    start += n
+                    if n < 2:
+                        continue
+                    r = f.pow(2).mean().sqrt()
+                    rms.append(float(r))
+                    ratios.append(float(f.std(0).pow(2).mean().sqrt() / r.clamp_min(1e-12)))
+    if not ratios:
+        raise ValueError("no picture with at least 2 visual tokens among the samples")
+    return {"spread": sum(ratios) / len(ratios), "rms": sum(rms) / len(rms), "pictures": len(ratios)}
+
+
+def grad_norms(model, samples) -> dict:
+    """L2 norm of each tower's gradient for one backward pass of the mean answer-token loss (weights untouched)."""
+    batch = collate(samples)
+    was_training = model.training
+    saved = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    try:
+        loss = packed_loss(model, batch)[0] / batch.num_loss_tokens
+        loss.backward()
+        sq = defaultdict(float)
+        for name, p in model.named_parameters():
+            if p.grad is None:
+                continue
+            part = "merger" if name.startswith("visual.merger.") else "vision" if name.startswith("visual.") \
+                else "language_model"
+            sq[part] += float(p.grad.float().pow(2).sum())
+        return {k: v ** 0.5 for k, v in sorted(sq.items())}
+    finally:
+        for name, p in model.named_parameters():
+            p.grad = None
+            p.requires_grad_(saved[name])
+        model.train(was_training)
+
+
+def diagnose(vlm, samples) -> dict:
+    """All three measurements and a verdict ("uses its pictures" or why not)."""
+    samples = _with_media(samples)
+    if not samples:
+        raise ValueError("none of the samples has an image or a video; diagnose needs held-out records with media")
+    out = {"samples": len(samples), "media_reliance": media_reliance(vlm.model, samples),
+           "visual_tokens": visual_token_spread(vlm.model, samples), "grad_norm": grad_norms(vlm.model, samples)}
+    gap, spread = out["media_reliance"]["gap"], out["visual_tokens"]["spread"]
+    problems = []
+    if gap < IGNORED_GAP:
+        problems.append(f"the answers do not depend on the pictures (loss gap {gap:.4f} nats/token < {IGNORED_GAP})")
+    if spread < COLLAPSED_SPREAD:
+        problems.append(f"the visual tokens have collapsed to one shared vector (spread {spread:.3f} < "
+                        f"{COLLAPSED_SPREAD})")
+    out["verdict"] = "; ".join(problems) if problems else "uses its pictures"
+    out["ok"] = not problems
+    return out
+
+
+def main(argv=None) -> int:
+    import qwenvl
+
+    from .data import DataError, SFTData
+
+    ap = argparse.ArgumentParser(prog="python -m qwenvl.train.diagnose", description=__doc__.split("\n\n")[0])
+    ap.add_argument("-m", "--model", required=True, help="checkpoint directory (HF layout)")
+    ap.add_argument("--data", required=True, help="held-out JSONL (messages or qwen-vl-finetune format) with media")
+    ap.add_argument("--n", type=int, default=24, help="records to use (the first N with media; default 24)")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        vlm = qwenvl.load(a.model, dtype=torch.float32, pack=False)
+        data = SFTData([a.data], vlm.processor)
+        samples = []
+        for i in range(len(data)):
+            if len(samples) >= a.n:
+                break
+            s = data[i]
+            if s.pixel_values is not None or s.pixel_values_videos is not None:
+                samples.append(s)
+        report = diagnose(vlm, samples)
+    except (OSError, ValueError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1))
+    print(f"verdict: {report['verdict']}", file=sys.stderr)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
