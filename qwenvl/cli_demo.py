@@ -15,6 +15,8 @@ def register(sub) -> None:
     d.add_argument("--category", help="what to detect and count (default: every item, the trained phrasing)")
     d.add_argument("--out", default="qwenvl-demo.png", help="annotated picture to write (default: ./qwenvl-demo.png)")
     d.add_argument("--max-new-tokens", type=int, default=512)
+    d.add_argument("--max-pixels", type=int, default=None, help="resize limit for the picture (default: the bundled "
+                   "example's own, else the processor's)")
     d.add_argument("--dtype", default=None, help="bfloat16 | float32 (default: the checkpoint's, fp32 on CPUs "
                    "without native bf16)")
     d.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
@@ -30,7 +32,13 @@ def cmd_demo(args) -> int:
     if not image.is_file():
         raise FileNotFoundError(f"image {image} does not exist; pass --image PATH")
     vlm = load_model(args)
-    r = tasks.count(vlm, str(image), args.category, max_new_tokens=args.max_new_tokens, temperature=0)
+    limits = {}
+    if args.max_pixels is not None:
+        limits["max_pixels"] = args.max_pixels
+    elif args.image is None and embedded.EXAMPLE_TRUTH.is_file():
+        meta = json.loads(embedded.EXAMPLE_TRUTH.read_text())
+        limits = {k: meta[k] for k in ("min_pixels", "max_pixels") if k in meta}
+    r = tasks.count(vlm, str(image), args.category, max_new_tokens=args.max_new_tokens, temperature=0, **limits)
     out = {"image": str(image), "count": r.count if r.count is not None else len(r.detections),
            "objects": [{"label": d.label, "bbox": [round(v) for v in d.bbox]} for d in r.detections]}
     if r.error:

@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--heldout", required=True, help="held-out JSONL of qwenvl.synth records")
     ap.add_argument("--objects", type=int, default=3, help="how many shapes the example picture shows")
     ap.add_argument("--index", type=int, default=0, help="take the N-th such record")
+    ap.add_argument("--task", default="count", help="task of the example record (default count)")
     args = ap.parse_args()
     src = Path(args.export)
     state = {}
@@ -38,12 +39,15 @@ def main() -> None:
         shutil.copy(src / name, DST / name)
     held = Path(args.heldout)
     recs = [json.loads(x) for x in held.read_text().splitlines()]
-    picks = [r for r in recs if r["meta"]["task"] == "count" and len(r["meta"]["objects"]) == args.objects]
+    picks = [r for r in recs if r["meta"]["task"] == args.task and len(r["meta"]["objects"]) == args.objects]
     rec = picks[args.index]
     image = next(p["image"] for p in rec["messages"][0]["content"] if p.get("type") == "image")
     shutil.copy(held.parent / image, DST / "example.png")
     objects = [{"label": o["label"], "box": o["box"]} for o in rec["meta"]["objects"]]
-    (DST / "example.json").write_text(json.dumps({"source": rec["meta"]["id"], "objects": objects}, indent=1) + "\n")
+    example = {"source": rec["meta"]["id"], "objects": objects,
+               # the pixel limits the record was made for (the demo asks the processor for the same frame)
+               "min_pixels": rec["meta"]["min_pixels"], "max_pixels": rec["meta"]["max_pixels"]}
+    (DST / "example.json").write_text(json.dumps(example, indent=1) + "\n")
     (DST / "model.safetensors").chmod(0o644)
     size = (DST / "model.safetensors").stat().st_size
     print(f"shipped {src} -> {DST} ({size / 1e6:.1f} MB bf16), example {rec['meta']['id']}")

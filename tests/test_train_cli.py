@@ -144,3 +144,15 @@ def test_time_budget_refits_never_raise_the_learning_rate(tmp_path):
     assert len(hist) > 40  # shrunk to 30 steps after the slow start, then grown again by the faster pace
     assert all(b <= a * (1 + 1e-9) for a, b in zip(after, after[1:])), after
     assert lrs[-1] < 0.05 * cfg.lr
+
+
+def test_eval_media_gap_is_logged(tmp_path):
+    """eval_media_gap: the held-out loss with blank pictures next to the real one, and their difference."""
+    out = tmp_path / "gap"
+    r = _qwenvl("train", "sft", "--config", "configs/tiny-sft.yaml", "--max-steps", "2", "--output-dir", str(out),
+                "--eval-every=2", "--eval-max-samples", "4", "--eval-media-gap", "true", "--no-export")
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = _metrics(out)[-1]
+    assert last["step"] == 2
+    assert last["eval_media_gap"] == pytest.approx(last["eval_loss_blank_media"] - last["eval_loss"], abs=1e-9)
+    assert last["eval_media_gap"] != 0.0

@@ -60,6 +60,7 @@ class TrainConfig:
     eval_data: list[str] = field(default_factory=list)
     eval_every: int = 0  # steps; 0 = only at the end (when eval_data is set)
     eval_max_samples: int = 0  # 0 = every held-out record
+    eval_media_gap: bool = False  # SFT: also the held-out loss with blank pictures/videos (does the model use them?)
     # numerics and memory
     dtype: str = "float32"  # parameter dtype
     autocast: str = "auto"  # auto | bfloat16 | off (auto: bf16 where the hardware runs it natively)

@@ -15,13 +15,15 @@ import math
 import signal
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from . import distributed
 from .config import TrainConfig
-from .packing import collate, packed_loss, plan_bins
+from .diagnose import IGNORED_GAP
+from .packing import PackedBatch, collate, packed_loss, plan_bins
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,12 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
     if not out:
         raise ValueError("no trainable parameters for this stage")
     return out
+
+
+def _blank_media(batch: PackedBatch) -> PackedBatch:
+    """The same packed batch with every picture / video frame flat grey (normalised pixels all zero)."""
+    z = lambda t: None if t is None else torch.zeros_like(t)  # noqa: E731
+    return replace(batch, pixel_values=z(batch.pixel_values), pixel_values_videos=z(batch.pixel_values_videos))
 
 
 def cosine_lambda(total: int, warmup: int, min_ratio: float):
@@ -394,6 +402,7 @@ class Trainer:
         mine = list(range(self.dist.rank, self.eval_n, self.dist.world))
         counts = [self.eval_set.token_count(i) for i in mine]
         total, n, correct = 0.0, 0, 0.0
+        media = [0.0, 0.0, 0]  # eval_media_gap: loss sums with real / blank media, and their token count
         for b in plan_bins(counts, self.cfg.pack_length):
             idx = [mine[j] for j in b]
             with self._autocast():
@@ -410,11 +419,25 @@ class Trainer:
                     s, _, cnt = packed_loss(self.model, batch)
                     total += float(s)
                     n += int(cnt.sum())
+                    if self.cfg.eval_media_gap and (batch.pixel_values is not None
+                                                    or batch.pixel_values_videos is not None):
+                        media[0] += float(s)
+                        media[1] += float(packed_loss(self.model, _blank_media(batch))[0])
+                        media[2] += int(cnt.sum())
         if was_training:
             self.model.train()
         total = distributed.all_reduce_sum(total, self.dist)
         n = distributed.all_reduce_sum(n, self.dist)
         out = {"eval_loss": total / max(n, 1)}
+        if self.cfg.eval_media_gap and self.cfg.objective != "dpo":
+            real, blank, k = (distributed.all_reduce_sum(v, self.dist) for v in media)
+            if k:
+                out["eval_loss_blank_media"] = blank / k
+                out["eval_media_gap"] = (blank - real) / k
+                if out["eval_media_gap"] < IGNORED_GAP:
+                    log.warning("held-out answers barely depend on the pictures (media gap %.4f nats/token): the "
+                                "visual tokens may have collapsed; see python -m qwenvl.train.diagnose",
+                                out["eval_media_gap"])
         if self.cfg.objective == "dpo":
             out["eval_reward_accuracy"] = distributed.all_reduce_sum(correct, self.dist) / max(n, 1)
         return out
