@@ -22,14 +22,22 @@ import logging
 import sys
 from collections import defaultdict
 
+from dataclasses import replace
+
 import torch
 
-from .packing import collate, packed_loss
+from .packing import PackedBatch, collate, packed_loss
 
 log = logging.getLogger(__name__)
 
 IGNORED_GAP = 0.01  # nats per answer token: below this the pictures do not matter to the model
 COLLAPSED_SPREAD = 0.05  # visual tokens that vary by less than 5 % of their size carry (almost) no picture
+
+
+def blank_media(batch: PackedBatch) -> PackedBatch:
+    """The same packed batch with every picture / video frame flat grey (normalised pixels all zero)."""
+    z = lambda t: None if t is None else torch.zeros_like(t)  # noqa: E731
+    return replace(batch, pixel_values=z(batch.pixel_values), pixel_values_videos=z(batch.pixel_values_videos))
 
 
 def _with_media(samples) -> list:
@@ -42,10 +50,7 @@ def media_reliance(model, samples) -> dict:
     n = batch.num_loss_tokens
     with torch.no_grad():
         real = float(packed_loss(model, batch)[0]) / n
-        for k in ("pixel_values", "pixel_values_videos"):
-            if getattr(batch, k) is not None:
-                setattr(batch, k, torch.zeros_like(getattr(batch, k)))
-        blank = float(packed_loss(model, batch)[0]) / n
+        blank = float(packed_loss(model, blank_media(batch))[0]) / n
     return {"loss": real, "loss_blank_media": blank, "gap": blank - real, "loss_tokens": n}
 
 

@@ -15,15 +15,14 @@ import math
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from . import distributed
 from .config import TrainConfig
-from .diagnose import IGNORED_GAP
-from .packing import PackedBatch, collate, packed_loss, plan_bins
+from .diagnose import IGNORED_GAP, blank_media
+from .packing import collate, packed_loss, plan_bins
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +75,6 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
     if not out:
         raise ValueError("no trainable parameters for this stage")
     return out
-
-
-def _blank_media(batch: PackedBatch) -> PackedBatch:
-    """The same packed batch with every picture / video frame flat grey (normalised pixels all zero)."""
-    z = lambda t: None if t is None else torch.zeros_like(t)  # noqa: E731
-    return replace(batch, pixel_values=z(batch.pixel_values), pixel_values_videos=z(batch.pixel_values_videos))
 
 
 def cosine_lambda(total: int, warmup: int, min_ratio: float):
@@ -422,7 +415,7 @@ class Trainer:
                     if self.cfg.eval_media_gap and (batch.pixel_values is not None
                                                     or batch.pixel_values_videos is not None):
                         media[0] += float(s)
-                        media[1] += float(packed_loss(self.model, _blank_media(batch))[0])
+                        media[1] += float(packed_loss(self.model, blank_media(batch))[0])
                         media[2] += int(cnt.sum())
         if was_training:
             self.model.train()
