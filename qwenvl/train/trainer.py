@@ -77,15 +77,6 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
     return out
 
 
-def cosine_lambda(total: int, warmup: int, min_ratio: float):
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        t = (step - warmup) / max(1, total - warmup)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-    return f
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, vlm=None):
         import qwenvl
@@ -151,30 +142,29 @@ class Trainer:
             return self.lr_anchor[2]
         return self.cfg.warmup_steps or int(round(self.cfg.warmup_ratio * self.total_steps))
 
+    def _progress(self, step: int, warmup: int) -> float:
+        """Cosine progress (0 -> 1) at `step` after warm-up. Once a time budget has moved total_steps, the
+        progress reached then (`lr_anchor`) is kept and the rest is spread up to the new last step."""
+        if self.lr_anchor is None:
+            return (step - warmup) / max(1, self.total_steps - warmup)
+        s0, p0, _ = self.lr_anchor
+        return p0 + (1 - p0) * (step - s0) / max(1, self.total_steps - 1 - s0)
+
     def _lr_factor(self, step: int) -> float:
         warmup = self._warmup()
-        if self.lr_anchor is None:
-            return cosine_lambda(self.total_steps, warmup, self.cfg.min_lr_ratio)(step)
         if warmup and step < warmup:
             return (step + 1) / warmup
-        s0, p0, _ = self.lr_anchor  # cosine progress p0 reached at step s0; the rest spread up to the last step
-        t = p0 + (1 - p0) * (step - s0) / max(1, self.total_steps - 1 - s0)
+        t = min(1.0, max(0.0, self._progress(step, warmup)))
         r = self.cfg.min_lr_ratio
-        return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, t))))
+        return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * t))
 
     def _set_total(self, new: int) -> None:
-        """Change total_steps mid-run without a jump in the learning rate: the cosine keeps the progress it has
-        reached and spreads the rest over the new remaining steps (so the rate only ever goes down)."""
+        """Change total_steps mid-run without a jump in the learning rate (so the rate only ever goes down)."""
         if new == self.total_steps:
             return
         warmup = self._warmup()
         if self.step >= warmup:
-            if self.lr_anchor is None:
-                t = (self.step - warmup) / max(1, self.total_steps - warmup)
-            else:
-                s0, p0, _ = self.lr_anchor
-                t = p0 + (1 - p0) * (self.step - s0) / max(1, self.total_steps - 1 - s0)
-            self.lr_anchor = (self.step, min(1.0, max(0.0, t)), warmup)
+            self.lr_anchor = (self.step, min(1.0, max(0.0, self._progress(self.step, warmup))), warmup)
         self.total_steps = new
 
     def _rebudget(self, t_start: float, first_step: int) -> None:
