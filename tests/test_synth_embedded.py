@@ -2,6 +2,7 @@
 import torch
 
 import qwenvl
+from qwenvl.model.layers import mrope_reach
 from qwenvl.synth.embedded import init_checkpoint
 from qwenvl.synth.tokenizer import save_tokenizer, train_tokenizer
 
@@ -17,6 +18,10 @@ def test_init_checkpoint_has_the_budgeted_shape_and_runs(tmp_path):
     c = vlm.config
     assert c.vision.fullatt_block_indexes and c.vision.window_size == 112 and c.vision.spatial_merge_size == 2
     assert sum(c.text.mrope_section) == c.text.head_dim // 2
+    # the language model can place visual tokens: rows and columns of a 448-px picture (16 merged tokens) span
+    # more than a radian of MRoPE (the official theta 1e6 with [16, 8, 8] spans 5e-4 rad of columns here)
+    reach = mrope_reach(c.text.head_dim, c.text.rope_theta, c.text.mrope_section, 15)
+    assert reach["h"] > 1.0 and reach["w"] > 1.0, reach
     g = vlm.generate([{"role": "user", "content": "hello"}], max_new_tokens=3)
     assert g.usage.completion_tokens <= 3
     norms = [p for n_, p in vlm.model.named_parameters() if n_.endswith("norm.weight")]

@@ -71,3 +71,40 @@ def test_cli_prints_json_and_exit_codes(ckpt, tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "error: none of the samples has an image or a video; diagnose needs held-out records with media"]
+
+
+def test_mrope_reach_matches_the_rotary_tables():
+    """The reach is the angle between two positions `span` apart in the fastest frequency of each component,
+    read back from the MRoPE cos/sin tables the model uses."""
+    from qwenvl.model.layers import mrope_cos_sin, mrope_reach
+
+    for theta, sec in ((1e6, (16, 8, 8)), (50.0, (4, 14, 14))):
+        r = mrope_reach(64, theta, sec, 15)
+        ids = torch.zeros(3, 1, 2, dtype=torch.long)
+        for k in range(3):  # position 0 and 15 in component k only
+            ids_k = ids.clone()
+            ids_k[k, 0, 1] = 15
+            cos, sin = mrope_cos_sin(ids_k, 64, theta, sec, torch.float64)
+            first = sum(sec[:k])  # the component's fastest frequency is its first one
+            angle = torch.atan2(sin[0, 1, first], cos[0, 1, first]).item()
+            assert abs(angle % (2 * torch.pi) - r["thw"[k]] % (2 * torch.pi)) < 1e-4
+    blind = mrope_reach(64, 1e6, (16, 8, 8), 15)  # the old embedded config: columns are indistinguishable
+    assert blind["w"] < 1e-3 and blind["h"] < 0.02
+    seeing = mrope_reach(64, 50.0, (4, 14, 14), 15)
+    assert seeing["h"] > 1.0 and seeing["w"] > 1.0
+
+
+def test_diagnose_notes_a_position_blind_rope(ckpt):
+    from dataclasses import replace
+
+    from qwenvl.train.diagnose import position_reach
+
+    vlm = qwenvl.load(ckpt, dtype=torch.float32, pack=False)
+    samples = _samples(vlm)
+    seeing = replace(vlm.config, text=replace(vlm.config.text, rope_theta=10.0))
+    r = position_reach(seeing, samples)
+    assert r["rows"] > 1 and r["cols"] > 1  # the held-out pictures are several merged tokens wide and tall
+    assert r["note"] is None and r["h"] > 1.0
+    blind = position_reach(replace(vlm.config, text=replace(vlm.config.text, rope_theta=1e12)), samples)
+    assert blind["w"] < 1e-3 and "columns" in blind["note"] and "rows" in blind["note"]
+    assert "position_reach" in diagnose(vlm, samples)

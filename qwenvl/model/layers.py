@@ -69,3 +69,19 @@ class VisionMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g, u = self.gate_up_fused(x) if self.gate_up_fused is not None else (self.gate_proj(x), self.up_proj(x))
         return self.down_proj(F.silu(g) * u)
+
+
+def mrope_reach(head_dim: int, theta: float, mrope_section, span: int) -> dict[str, float]:
+    """Per MRoPE component (t, h, w): the angle, in radians, by which that component's fastest frequency turns
+    between two positions `span` apart (e.g. the first and last rows or columns of a picture, in merged tokens).
+
+    Attention sees where a visual token lies only through these angles. A component that turns far less than a
+    radian across the picture leaves its tokens indistinguishable along that axis: with head_dim 64, theta 1e6 and
+    sections [16, 8, 8] the columns of a 16-token-wide picture span 5e-4 rad.
+    """
+    freqs = inv_freq(head_dim, theta)
+    out, start = {}, 0
+    for name, n in zip("thw", mrope_section):
+        out[name] = float(freqs[start]) * span if n else 0.0  # freqs fall with the index: the first is the fastest
+        start += n
+    return out

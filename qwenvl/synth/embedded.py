@@ -19,11 +19,15 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# ~10.6M parameters: bf16 weights ~21 MB (the package budget is 40 MB)
+# ~10.6M parameters: bf16 weights ~21 MB (the package budget is 40 MB).
+# MRoPE: the official theta 1e6 with sections [16, 8, 8] at head_dim 64 turns the h frequencies by at most 1e-3 rad
+# per row and the w ones by 3e-5 rad per column, so attention cannot tell a picture's tokens apart by position and
+# a model this small never learns where things are. theta 50 with [4, 14, 14] gives rows 0.61-0.13 rad and
+# columns 0.11-0.023 rad per token (qwenvl.model.layers.mrope_reach; docs/embedded-runs/notes.md, run 17).
 SHAPE = dict(
     text=dict(hidden_size=384, intermediate_size=768, num_hidden_layers=4, num_attention_heads=6,
-              num_key_value_heads=2, rope_theta=1000000.0, max_position_embeddings=32768,
-              rope_scaling={"type": "mrope", "mrope_section": [16, 8, 8]}),
+              num_key_value_heads=2, rope_theta=50.0, max_position_embeddings=32768,
+              rope_scaling={"type": "mrope", "mrope_section": [4, 14, 14]}),
     vision=dict(depth=6, hidden_size=192, intermediate_size=512, num_heads=3, out_hidden_size=384,
                 fullatt_block_indexes=[2, 5], window_size=112, tokens_per_second=2),
 )

@@ -10,7 +10,12 @@ curve alone does not show it. This module measures it:
   mean (a flat grey picture); the gap is what the pictures are worth, in nats per token;
 - **visual-token spread**: at the merger output (what the language model reads), the standard deviation across
   the tokens of one picture relative to their root-mean-square size (1 = fully varied, 0 = one shared vector);
-- **gradient norms** of one backward pass, per tower (vision blocks, merger, language model).
+- **gradient norms** of one backward pass, per tower (vision blocks, merger, language model);
+- **position reach** (a note, not a failure): how far the language model's MRoPE turns across the largest picture's
+  rows (h) and columns (w). Under about a radian, attention cannot tell the rows or columns apart by position, and
+  a small model trained from scratch then fails to learn boxes and points (theta 1e6 with sections [16, 8, 8] at
+  head_dim 64 gives 5e-4 rad across 16 columns; the embedded model uses theta 50 with [4, 14, 14]). Large official
+  models reach below that too and still ground, having learned positions from far more data.
 
     python -m qwenvl.train.diagnose -m CHECKPOINT --data heldout.jsonl [--n 24]
 """
@@ -106,13 +111,36 @@ def grad_norms(model, samples) -> dict:
         model.train(was_training)
 
 
+def position_reach(cfg, samples) -> dict:
+    """MRoPE turn (radians) across the largest picture's rows and columns, and a note where it is under 1."""
+    from ..model.layers import mrope_reach
+
+    merge = cfg.vision.spatial_merge_size
+    rows = cols = 1
+    for s in samples:
+        for grid in (s.image_grid_thw, s.video_grid_thw):
+            if grid is not None and len(grid):
+                rows = max(rows, int(grid[:, 1].max()) // merge)
+                cols = max(cols, int(grid[:, 2].max()) // merge)
+    t = cfg.text
+    out = {"rows": rows, "cols": cols,
+           "h": mrope_reach(t.head_dim, t.rope_theta, t.mrope_section, rows - 1)["h"],
+           "w": mrope_reach(t.head_dim, t.rope_theta, t.mrope_section, cols - 1)["w"]}
+    weak = [f"{k} turns {out[k]:.2g} rad across {n} {name}" for k, n, name in (("h", rows, "rows"), ("w", cols, "columns"))
+            if n > 1 and out[k] < 1.0]
+    out["note"] = ("; ".join(weak) + ": attention cannot place visual tokens along that axis by position "
+                   "(a smaller rope_theta or wider h/w sections help a model trained from scratch)") if weak else None
+    return out
+
+
 def diagnose(vlm, samples) -> dict:
     """All three measurements and a verdict ("uses its pictures" or why not)."""
     samples = _with_media(samples)
     if not samples:
         raise ValueError("none of the samples has an image or a video; diagnose needs held-out records with media")
     out = {"samples": len(samples), "media_reliance": media_reliance(vlm.model, samples),
-           "visual_tokens": visual_token_spread(vlm.model, samples), "grad_norm": grad_norms(vlm.model, samples)}
+           "visual_tokens": visual_token_spread(vlm.model, samples), "grad_norm": grad_norms(vlm.model, samples),
+           "position_reach": position_reach(vlm.config, samples)}
     gap, spread = out["media_reliance"]["gap"], out["visual_tokens"]["spread"]
     problems = []
     if gap < IGNORED_GAP:
@@ -151,6 +179,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=1))
+    if report["position_reach"]["note"]:
+        print(f"note: {report['position_reach']['note']}", file=sys.stderr)
     print(f"verdict: {report['verdict']}", file=sys.stderr)
     return 0 if report["ok"] else 1
 
