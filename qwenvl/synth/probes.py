@@ -1,0 +1,135 @@
+"""Learnability probes: the smallest picture tasks, to test a from-scratch training recipe in minutes.
+
+One coloured square on a plain 112 x 112 picture (16 visual tokens), and one question whose answer needs exactly
+one skill:
+
+- `colour`: "What colour is the square?" -> "It is red." (content: the picture's colour reaches the answer);
+- `side`: "Is the square on the left or on the right?" / "... at the top or at the bottom?" -> "It is left."
+  (one bit of position; the square is never within 10 px of the middle);
+- `point`: "Where is the square?" -> "[x, y]", its centre in pixels (full position).
+
+A recipe that cannot learn `side` cannot learn boxes, points, clicks or time spans. The embedded model's notes
+(docs/embedded-runs/notes.md) table what the 10.5M-parameter model learns from each and after how many samples.
+
+    python -m qwenvl.synth.probes build --out runs/probe --task side --n 4000 --seed 5
+    python -m qwenvl.synth.probes score -m CHECKPOINT --data runs/probe/side-heldout.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from . import COLOURS, SPLIT_OFFSET
+
+TASKS = ("colour", "side", "point")
+SIZE = 112  # pixels: 4 x 4 merged visual tokens; the processor keeps this size
+LIMITS = {"min_pixels": 3136, "max_pixels": SIZE * SIZE}
+BACKGROUND = (245, 245, 240)
+
+
+def make_record(task: str, rng: random.Random, out: Path, name: str) -> dict:
+    """Render one picture under out/media/ and return its record (meta keeps the ground truth)."""
+    colour = rng.choice(sorted(COLOURS))
+    s = rng.randint(16, 32)
+    while True:  # `side` needs a clear answer: the centre stays 10 px away from both middle lines
+        x, y = rng.randint(0, SIZE - s), rng.randint(0, SIZE - s)
+        cx, cy = x + s // 2, y + s // 2
+        if task != "side" or (abs(cx - SIZE // 2) > 10 and abs(cy - SIZE // 2) > 10):
+            break
+    img = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
+    ImageDraw.Draw(img).rectangle([x, y, x + s - 1, y + s - 1], fill=COLOURS[colour])
+    rel = f"media/{name}.png"
+    img.save(out / rel, format="PNG")
+    if task == "colour":
+        q, a = "What colour is the square?", f"It is {colour}."
+    elif task == "side" and rng.random() < 0.5:
+        q, a = "Is the square on the left or on the right?", "It is " + ("left." if cx < SIZE // 2 else "right.")
+    elif task == "side":
+        q, a = "Is the square at the top or at the bottom?", "It is " + ("top." if cy < SIZE // 2 else "bottom.")
+    else:
+        q, a = "Where is the square?", f"[{cx}, {cy}]"
+    image = {"type": "image", "image": rel, **LIMITS}
+    return {"messages": [{"role": "user", "content": [{"type": "text", "text": q}, image]},
+                         {"role": "assistant", "content": a}],
+            "meta": {"task": f"probe_{task}", "answer": a, "colour": colour, "centre": [cx, cy], "size": s}}
+
+
+def build(out: Path, task: str, n: int, seed: int, split: str) -> Path:
+    """Write `n` records of one probe to out/<task>-<split>.jsonl (pictures under out/media/)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown probe task {task!r}; choose one of {', '.join(TASKS)}")
+    (out / "media").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(SPLIT_OFFSET[split] + seed)
+    rows = [make_record(task, rng, out, f"{task}-{split}-{seed}-{i:06d}") for i in range(n)]
+    path = out / f"{task}-{split}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def score(record: dict, text: str) -> float:
+    """1/0 for `colour` and `side` (the expected word is in the answer); for `point`, the mean absolute error of
+    the centre in pixels (SIZE when no "[x, y]" is found)."""
+    m = record["meta"]
+    if m["task"] == "probe_point":
+        nums = [int(v) for v in re.findall(r"\d+", text)[:2]]
+        if len(nums) < 2:
+            return float(SIZE)
+        return (abs(nums[0] - m["centre"][0]) + abs(nums[1] - m["centre"][1])) / 2
+    word = m["answer"].removeprefix("It is ").rstrip(".")
+    return float(re.search(rf"\b{word}\b", text) is not None)
+
+
+def evaluate(vlm, data: Path, n: int = 60) -> dict:
+    """Greedy answers for the first `n` records; accuracy (or mean pixel error for `point`)."""
+    from .evaluate import generate_answers, load_records
+
+    recs = load_records(data)[:n]
+    gens = generate_answers(vlm, recs, data.parent, max_new_tokens=12, batch_size=12)
+    vals = [score(r, g.text) for r, g in zip(recs, gens)]
+    task = recs[0]["meta"]["task"]
+    out = {"task": task, "n": len(vals), "examples": [g.text for g in gens[:4]]}
+    if task == "probe_point":
+        out["mean_abs_error_px"] = sum(vals) / len(vals)
+        # what always answering the picture's centre would score
+        out["centre_guess_px"] = sum(abs(c - SIZE // 2) for r in recs for c in r["meta"]["centre"]) / (2 * len(recs))
+    else:
+        out["accuracy"] = sum(vals) / len(vals)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m qwenvl.synth.probes", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="write train and held-out records of one probe")
+    b.add_argument("--out", required=True)
+    b.add_argument("--task", required=True, choices=TASKS)
+    b.add_argument("--n", type=int, default=4000, help="training records (held-out: 60)")
+    b.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("score", help="greedy answers of a checkpoint on a probe's held-out file")
+    s.add_argument("-m", "--model", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--n", type=int, default=60)
+    a = ap.parse_args(argv)
+    if a.cmd == "build":
+        for split, n in (("train", a.n), ("heldout", 60)):
+            print(build(Path(a.out), a.task, n, a.seed, split))
+        return 0
+    import qwenvl
+
+    data = Path(a.data)
+    if not data.is_file():
+        print(f"error: held-out file {data} does not exist; make it with `python -m qwenvl.synth.probes build`",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(evaluate(qwenvl.load(a.model), data, a.n), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

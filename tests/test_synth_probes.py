@@ -1,0 +1,75 @@
+"""Learnability probes (qwenvl.synth.probes): records agree with their pictures, go through the training data path
+at 16 visual tokens, score exactly, and the CLI fails in one line on a missing file."""
+import json
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qwenvl.synth import COLOURS
+from qwenvl.synth.probes import BACKGROUND, SIZE, build, make_record, score
+
+
+@pytest.mark.parametrize("task", ["colour", "side", "point"])
+def test_records_match_their_pictures(tmp_path, task):
+    path = build(tmp_path, task, 30, seed=2, split="train")
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(recs) == 30
+    for r in recs:
+        m = r["meta"]
+        img = np.asarray(Image.open(tmp_path / r["messages"][0]["content"][1]["image"]).convert("RGB"))
+        assert img.shape == (SIZE, SIZE, 3)
+        ys, xs = np.nonzero((img != np.array(BACKGROUND)).any(-1))  # the square's pixels
+        assert (xs.max() - xs.min() + 1) == m["size"] == (ys.max() - ys.min() + 1)
+        assert tuple(img[ys[0], xs[0]]) == COLOURS[m["colour"]]
+        cx, cy = m["centre"]
+        assert xs.min() + m["size"] // 2 == cx and ys.min() + m["size"] // 2 == cy
+        answer = r["messages"][1]["content"]
+        if task == "side":
+            word = answer.removeprefix("It is ").rstrip(".")
+            truth = {"left": cx < SIZE // 2, "right": cx >= SIZE // 2, "top": cy < SIZE // 2,
+                     "bottom": cy >= SIZE // 2}
+            assert truth[word] and min(abs(cx - SIZE // 2), abs(cy - SIZE // 2)) > 10
+        elif task == "point":
+            assert answer == f"[{cx}, {cy}]"
+        else:
+            assert answer == f"It is {m['colour']}."
+
+
+def test_train_and_heldout_differ_and_seeds_repeat(tmp_path):
+    a = build(tmp_path / "a", "point", 5, seed=1, split="train").read_text()
+    b = build(tmp_path / "b", "point", 5, seed=1, split="train").read_text()
+    h = build(tmp_path / "h", "point", 5, seed=1, split="heldout").read_text()
+    assert a.replace("/a/", "/") == b.replace("/b/", "/") and a != h
+
+
+def test_records_load_as_16_visual_tokens(tmp_path):
+    from qwenvl.tiny import make_random_checkpoint
+    import qwenvl
+    from qwenvl.train.data import SFTData
+
+    vlm = qwenvl.load(make_random_checkpoint(tmp_path / "m", seed=0), pack=False)
+    s = SFTData([build(tmp_path, "side", 3, seed=0, split="train")], vlm.processor)[0]
+    assert s.image_grid_thw.tolist() == [[1, 8, 8]]  # 112 px = 8 patches = 4 x 4 merged tokens
+    assert int((s.labels != -100).sum()) > 0
+
+
+def test_score(tmp_path):
+    (tmp_path / "media").mkdir()
+    rng = random.Random(0)
+    rec = make_record("side", rng, tmp_path, "x")
+    while "left" not in rec["meta"]["answer"]:
+        rec = make_record("side", rng, tmp_path, "x")
+    assert score(rec, "It is left.") == 1.0 and score(rec, "It is right.") == 0.0
+    assert score(rec, "It is leftish") == 0.0
+    pt = {"meta": {"task": "probe_point", "centre": [10, 20]}}
+    assert score(pt, "[14, 18]") == 3.0 and score(pt, "no idea") == SIZE
+
+
+def test_cli_missing_file_is_one_line_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "qwenvl.synth.probes", "score", "-m", str(tmp_path), "--data",
+                        str(tmp_path / "nope.jsonl")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "probes build" in r.stderr
