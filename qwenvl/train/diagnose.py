@@ -12,10 +12,11 @@ curve alone does not show it. This module measures it:
   the tokens of one picture relative to their root-mean-square size (1 = fully varied, 0 = one shared vector);
 - **gradient norms** of one backward pass, per tower (vision blocks, merger, language model);
 - **position reach** (a note, not a failure): how far the language model's MRoPE turns across the largest picture's
-  rows (h) and columns (w). Under about a radian, attention cannot tell the rows or columns apart by position, and
-  a small model trained from scratch then fails to learn boxes and points (theta 1e6 with sections [16, 8, 8] at
-  head_dim 64 gives 5e-4 rad across 16 columns; the embedded model uses theta 50 with [4, 14, 14]). Large official
-  models reach below that too and still ground, having learned positions from far more data.
+  rows (h) and columns (w). Under about a radian, attention cannot tell the rows or columns apart by position
+  (theta 1e6 with sections [16, 8, 8] at head_dim 64 gives 5e-4 rad across 16 columns; the embedded model uses
+  theta 50 with [4, 14, 14]). Enough reach is needed, not sufficient, for a small model trained from scratch to
+  learn boxes and points. Large official models reach below that too and still ground, having learned positions
+  from far more data.
 
     python -m qwenvl.train.diagnose -m CHECKPOINT --data heldout.jsonl [--n 24]
 """
@@ -134,7 +135,7 @@ def position_reach(cfg, samples) -> dict:
 
 
 def diagnose(vlm, samples) -> dict:
-    """All three measurements and a verdict ("uses its pictures" or why not)."""
+    """All four measurements and a verdict ("uses its pictures" or why not; position reach only adds a note)."""
     samples = _with_media(samples)
     if not samples:
         raise ValueError("none of the samples has an image or a video; diagnose needs held-out records with media")
