@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 # ~10.6M parameters: bf16 weights ~21 MB (the package budget is 40 MB).
 # MRoPE: the official theta 1e6 with sections [16, 8, 8] at head_dim 64 turns the h frequencies by at most 1e-3 rad
-# per row and the w ones by 3e-5 rad per column, so attention cannot tell a picture's tokens apart by position and
-# a model this small never learns where things are. theta 50 with [4, 14, 14] gives rows 0.61-0.13 rad and
-# columns 0.11-0.023 rad per token (qwenvl.model.layers.mrope_reach; docs/embedded-runs/notes.md, run 17).
+# per row and the w ones by 3e-5 rad per column, so attention cannot tell a picture's tokens apart by position.
+# theta 50 with [4, 14, 14] gives rows 0.61-0.13 rad and columns 0.11-0.023 rad per token
+# (qwenvl.model.layers.mrope_reach). Needed, not sufficient: see the probes in docs/embedded-runs/notes.md.
 SHAPE = dict(
     text=dict(hidden_size=384, intermediate_size=768, num_hidden_layers=4, num_attention_heads=6,
               num_key_value_heads=2, rope_theta=50.0, max_position_embeddings=32768,

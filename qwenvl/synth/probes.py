@@ -25,11 +25,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from . import COLOURS, SPLIT_OFFSET
+from . import COLOURS, DEFAULT_MIN_PIXELS, SPLIT_OFFSET, save_png
 
 TASKS = ("colour", "side", "point")
 SIZE = 112  # pixels: 4 x 4 merged visual tokens; the processor keeps this size
-LIMITS = {"min_pixels": 3136, "max_pixels": SIZE * SIZE}
+LIMITS = {"min_pixels": DEFAULT_MIN_PIXELS, "max_pixels": SIZE * SIZE}
 BACKGROUND = (245, 245, 240)
 
 
@@ -45,7 +45,7 @@ def make_record(task: str, rng: random.Random, out: Path, name: str) -> dict:
     img = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
     ImageDraw.Draw(img).rectangle([x, y, x + s - 1, y + s - 1], fill=COLOURS[colour])
     rel = f"media/{name}.png"
-    img.save(out / rel, format="PNG")
+    save_png(img, out / rel)
     if task == "colour":
         q, a = "What colour is the square?", f"It is {colour}."
     elif task == "side" and rng.random() < 0.5:
