@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Learnability probes for the embedded model's shape (qwenvl.synth.probes): does a fresh from-scratch model learn
-# the colour of one square, which side it is on, and where its centre is? Towers frozen at their init, language
-# model trained at LR for STEPS steps of PACK-token packs, then greedy answers on 60 held-out pictures.
+# the colour of one square, which side it is on (`cell`: the square fills one token; `side`: anywhere), and where
+# its centre is? `cell` runs twice: with the embedded shape (MRoPE theta 5) and with theta 50, whose columns turn
+# too little to be told apart. Towers frozen at their init, language model trained at LR for STEPS steps of
+# PACK-token packs, then greedy answers on 60 held-out pictures.
 #
-#   bash scripts/probes.sh runs/probe            # 2 CPU cores: ~15 minutes (4 runs of ~3 minutes + scoring)
+#   bash scripts/probes.sh runs/probe            # 2 CPU cores: ~40 minutes (5 runs of ~7 minutes + scoring)
 #
-# Settings (environment): STEPS (150), LR (1e-3), PACK (2048), PYTHON. The tokenizer is the embedded model's.
+# Settings (environment): STEPS (300), LR (1e-3), PACK (2048), PYTHON. The tokenizer is the embedded model's.
 # Results: OUT/<run>/score.json and a summary on stdout (docs/embedded-runs/notes.md tables them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/probe}
 PY=${PYTHON:-.venv/bin/python}
-STEPS=${STEPS:-150}
+STEPS=${STEPS:-300}
 LR=${LR:-1e-3}
 PACK=${PACK:-2048}
 export TOKENIZERS_PARALLELISM=false
@@ -23,23 +25,24 @@ from qwenvl import embedded
 from qwenvl.synth.embedded import init_checkpoint
 out = Path(sys.argv[1])
 if not (out / "init" / "config.json").is_file():
-    init_checkpoint(out / "init", embedded.DIR, seed=0)  # the embedded shape: MRoPE theta 50, [4, 14, 14]
-blind = out / "init-theta1e6"  # the same weights with the official theta and sections
+    init_checkpoint(out / "init", embedded.DIR, seed=0)  # the embedded shape: MRoPE theta 5, [4, 14, 14]
+blind = out / "init-theta50"  # the same weights with the earlier theta 50
 if not (blind / "config.json").is_file():
     shutil.copytree(out / "init", blind, dirs_exist_ok=True)
     cfg = json.loads((blind / "config.json").read_text())
-    cfg["rope_theta"], cfg["rope_scaling"]["mrope_section"] = 1e6, [16, 8, 8]
+    cfg["rope_theta"] = 50.0
     (blind / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 EOF
 $PY -m qwenvl.synth.probes build --out "$OUT" --task colour --n 4000 --seed 7 >/dev/null
 $PY -m qwenvl.synth.probes build --out "$OUT" --task side --n 4000 --seed 5 >/dev/null
+$PY -m qwenvl.synth.probes build --out "$OUT" --task cell --n 4000 --seed 11 >/dev/null
 $PY -m qwenvl.synth.probes build --out "$OUT" --task point --n 6000 --seed 3 >/dev/null
 
-for run in colour:init side:init side:init-theta1e6 point:init; do
+for run in cell:init cell:init-theta50 side:init point:init colour:init; do
   task=${run%%:*}; init=${run#*:}; dir="$OUT/$task-$init"
   $PY -m qwenvl train sft --config configs/embedded.yaml --model "$OUT/$init" --data "[$OUT/$task-train.jsonl]" \
       --output-dir "$dir" --max-steps "$STEPS" --lr "$LR" --warmup-steps 20 --epochs 20 --pack-length "$PACK" \
-      --time-budget-min 0 --tune-vision false --tune-merger false --save-every 0 >"$dir.log" 2>&1
+      --min-lr-ratio 0.1 --time-budget-min 0 --tune-vision false --tune-merger false --save-every 0 >"$dir.log" 2>&1
   $PY -m qwenvl.synth.probes score -m "$dir/export" --data "$OUT/$task-heldout.jsonl" >"$dir/score.json" 2>/dev/null
   $PY -c "import json,sys; s=json.load(open(sys.argv[1])); r=[json.loads(l) for l in open(sys.argv[2]) if '\"samples\"' in l]; \
 print(f\"{sys.argv[3]:<24} steps {len(r):4d}  samples {sum(x['samples'] for x in r):6d}  last-20 loss \

@@ -18,9 +18,10 @@ def test_init_checkpoint_has_the_budgeted_shape_and_runs(tmp_path):
     c = vlm.config
     assert c.vision.fullatt_block_indexes and c.vision.window_size == 112 and c.vision.spatial_merge_size == 2
     assert sum(c.text.mrope_section) == c.text.head_dim // 2
-    # the language model can place visual tokens: rows and columns of a 448-px picture (16 merged tokens) span
-    # more than a radian of MRoPE (the official theta 1e6 with [16, 8, 8] spans 5e-4 rad of columns here)
-    reach = mrope_reach(c.text.head_dim, c.text.rope_theta, c.text.mrope_section, 15)
+    # the language model can place visual tokens: rows and columns of a 112-px picture (4 merged tokens) span
+    # more than a radian of MRoPE (theta 50 spans 0.33 rad of columns there and its `cell` probe never learned
+    # left/right; the official theta 1e6 with [16, 8, 8] spans 1e-4 rad)
+    reach = mrope_reach(c.text.head_dim, c.text.rope_theta, c.text.mrope_section, 3)
     assert reach["h"] > 1.0 and reach["w"] > 1.0, reach
     g = vlm.generate([{"role": "user", "content": "hello"}], max_new_tokens=3)
     assert g.usage.completion_tokens <= 3

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from qwenvl.synth import COLOURS
-from qwenvl.synth.probes import BACKGROUND, SIZE, build, make_record, score
+from qwenvl.synth.probes import BACKGROUND, SIZE, axis_accuracy, build, make_record, score
 
 
-@pytest.mark.parametrize("task", ["colour", "side", "point"])
+@pytest.mark.parametrize("task", ["colour", "side", "cell", "point"])
 def test_records_match_their_pictures(tmp_path, task):
     path = build(tmp_path, task, 30, seed=2, split="train")
     recs = [json.loads(x) for x in path.read_text().splitlines()]
@@ -28,7 +28,9 @@ def test_records_match_their_pictures(tmp_path, task):
         cx, cy = m["centre"]
         assert xs.min() + m["size"] // 2 == cx and ys.min() + m["size"] // 2 == cy
         answer = r["messages"][1]["content"]
-        if task == "side":
+        if task == "cell":  # the square fills exactly one merged token's 28 x 28 cell
+            assert m["size"] == 28 and xs.min() % 28 == 0 and ys.min() % 28 == 0
+        if task in ("side", "cell"):
             word = answer.removeprefix("It is ").rstrip(".")
             truth = {"left": cx < SIZE // 2, "right": cx >= SIZE // 2, "top": cy < SIZE // 2,
                      "bottom": cy >= SIZE // 2}
@@ -73,3 +75,9 @@ def test_cli_missing_file_is_one_line_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "qwenvl.synth.probes", "score", "-m", str(tmp_path), "--data",
                         str(tmp_path / "nope.jsonl")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "probes build" in r.stderr
+
+
+def test_axis_accuracy_splits_columns_from_rows():
+    recs = [{"meta": {"answer": f"It is {w}."}} for w in ("left", "right", "top", "bottom", "top")]
+    assert axis_accuracy(recs, [1.0, 0.0, 1.0, 1.0, 0.0]) == {"accuracy_left_right": 0.5, "accuracy_top_bottom": 2 / 3}
+    assert axis_accuracy(recs[2:], [1.0, 1.0, 1.0]) == {"accuracy_top_bottom": 1.0}

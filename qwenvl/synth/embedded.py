@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 # ~10.6M parameters: bf16 weights ~21 MB (the package budget is 40 MB).
 # MRoPE: the official theta 1e6 with sections [16, 8, 8] at head_dim 64 turns the h frequencies by at most 1e-3 rad
 # per row and the w ones by 3e-5 rad per column, so attention cannot tell a picture's tokens apart by position.
-# theta 50 with [4, 14, 14] gives rows 0.61-0.13 rad and columns 0.11-0.023 rad per token
-# (qwenvl.model.layers.mrope_reach). Needed, not sufficient: see the probes in docs/embedded-runs/notes.md.
+# The w section always gets the lowest frequencies. theta 50 with [4, 14, 14] (columns 0.11-0.023 rad per token)
+# still hid columns: across a 4-token-wide picture they turn 0.33 rad, and the `cell` probe learned top/bottom but
+# never left/right. theta 5 gives rows 0.82-0.43 and columns 0.40-0.21 rad per token (1.2 rad across 4 columns),
+# and the probe learns both (qwenvl.model.layers.mrope_reach; probes in docs/embedded-runs/notes.md).
 SHAPE = dict(
     text=dict(hidden_size=384, intermediate_size=768, num_hidden_layers=4, num_attention_heads=6,
-              num_key_value_heads=2, rope_theta=50.0, max_position_embeddings=32768,
+              num_key_value_heads=2, rope_theta=5.0, max_position_embeddings=32768,
               rope_scaling={"type": "mrope", "mrope_section": [4, 14, 14]}),
     vision=dict(depth=6, hidden_size=192, intermediate_size=512, num_heads=3, out_hidden_size=384,
                 fullatt_block_indexes=[2, 5], window_size=112, tokens_per_second=2),

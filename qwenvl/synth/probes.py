@@ -6,6 +6,8 @@ one skill:
 - `colour`: "What colour is the square?" -> "It is red." (content: the picture's colour reaches the answer);
 - `side`: "Is the square on the left or on the right?" / "... at the top or at the bottom?" -> "It is left."
   (one bit of position; the square is never within 10 px of the middle);
+- `cell`: as `side`, but the square is 28 x 28 px and fills exactly one merged token's cell, so one visual token
+  holds all of it (position without the clutter of a square split across tokens);
 - `point`: "Where is the square?" -> "[x, y]", its centre in pixels (full position).
 
 A recipe that cannot learn `side` cannot learn boxes, points, clicks or time spans. The embedded model's notes
@@ -27,7 +29,8 @@ from PIL import Image, ImageDraw
 
 from . import COLOURS, DEFAULT_MIN_PIXELS, SPLIT_OFFSET, save_png
 
-TASKS = ("colour", "side", "point")
+TASKS = ("colour", "side", "cell", "point")
+CELL = 28  # pixels per merged visual token (patch 14 x merge 2)
 SIZE = 112  # pixels: 4 x 4 merged visual tokens; the processor keeps this size
 LIMITS = {"min_pixels": DEFAULT_MIN_PIXELS, "max_pixels": SIZE * SIZE}
 BACKGROUND = (245, 245, 240)
@@ -36,21 +39,25 @@ BACKGROUND = (245, 245, 240)
 def make_record(task: str, rng: random.Random, out: Path, name: str) -> dict:
     """Render one picture under out/media/ and return its record (meta keeps the ground truth)."""
     colour = rng.choice(sorted(COLOURS))
-    s = rng.randint(16, 32)
-    while True:  # `side` needs a clear answer: the centre stays 10 px away from both middle lines
-        x, y = rng.randint(0, SIZE - s), rng.randint(0, SIZE - s)
-        cx, cy = x + s // 2, y + s // 2
-        if task != "side" or (abs(cx - SIZE // 2) > 10 and abs(cy - SIZE // 2) > 10):
-            break
+    if task == "cell":
+        s = CELL
+        x, y = CELL * rng.randrange(SIZE // CELL), CELL * rng.randrange(SIZE // CELL)
+    else:
+        s = rng.randint(16, 32)
+        while True:  # `side` needs a clear answer: the centre stays 10 px away from both middle lines
+            x, y = rng.randint(0, SIZE - s), rng.randint(0, SIZE - s)
+            if task != "side" or (abs(x + s // 2 - SIZE // 2) > 10 and abs(y + s // 2 - SIZE // 2) > 10):
+                break
+    cx, cy = x + s // 2, y + s // 2
     img = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
     ImageDraw.Draw(img).rectangle([x, y, x + s - 1, y + s - 1], fill=COLOURS[colour])
     rel = f"media/{name}.png"
     save_png(img, out / rel)
     if task == "colour":
         q, a = "What colour is the square?", f"It is {colour}."
-    elif task == "side" and rng.random() < 0.5:
+    elif task in ("side", "cell") and rng.random() < 0.5:
         q, a = "Is the square on the left or on the right?", "It is " + ("left." if cx < SIZE // 2 else "right.")
-    elif task == "side":
+    elif task in ("side", "cell"):
         q, a = "Is the square at the top or at the bottom?", "It is " + ("top." if cy < SIZE // 2 else "bottom.")
     else:
         q, a = "Where is the square?", f"[{cx}, {cy}]"
@@ -100,6 +107,18 @@ def evaluate(vlm, data: Path, n: int = 60) -> dict:
         out["centre_guess_px"] = sum(abs(c - SIZE // 2) for r in recs for c in r["meta"]["centre"]) / (2 * len(recs))
     else:
         out["accuracy"] = sum(vals) / len(vals)
+    if task in ("probe_side", "probe_cell"):
+        out.update(axis_accuracy(recs, vals))
+    return out
+
+
+def axis_accuracy(recs: list[dict], vals: list[float]) -> dict[str, float]:
+    """`side` / `cell` accuracy per question (columns: left/right, rows: top/bottom); the two can differ a lot."""
+    out = {}
+    for axis, words in (("left_right", ("left", "right")), ("top_bottom", ("top", "bottom"))):
+        v = [x for r, x in zip(recs, vals) if r["meta"]["answer"].removeprefix("It is ").rstrip(".") in words]
+        if v:
+            out[f"accuracy_{axis}"] = sum(v) / len(v)
     return out
 
 
