@@ -22,12 +22,14 @@ $PY - "$OUT" <<'EOF'
 import json, shutil, sys
 from pathlib import Path
 from qwenvl import embedded
-from qwenvl.synth.embedded import init_checkpoint
+from qwenvl.synth.embedded import SHAPE, init_checkpoint
 out = Path(sys.argv[1])
-if not (out / "init" / "config.json").is_file():
+made = out / "init" / "config.json"  # (re)made when missing or from an earlier shape
+remake = not made.is_file() or json.loads(made.read_text())["rope_theta"] != SHAPE["text"]["rope_theta"]
+if remake:
     init_checkpoint(out / "init", embedded.DIR, seed=0)  # the embedded shape: MRoPE theta 5, [4, 14, 14]
 blind = out / "init-theta50"  # the same weights with the earlier theta 50
-if not (blind / "config.json").is_file():
+if remake or not (blind / "config.json").is_file():
     shutil.copytree(out / "init", blind, dirs_exist_ok=True)
     cfg = json.loads((blind / "config.json").read_text())
     cfg["rope_theta"] = 50.0

@@ -15,8 +15,8 @@ curve alone does not show it. This module measures it:
   rows (h) and columns (w). Under about a radian, attention cannot tell the rows or columns apart by position
   (theta 1e6 with sections [16, 8, 8] at head_dim 64 gives 5e-4 rad across 16 columns; with theta 50 and
   [4, 14, 14] the embedded model's `cell` probe learned rows but not columns, which turn 0.33 rad across its 4-token
-  picture; it uses theta 5). A small model trained from scratch needs this reach to learn boxes and points. Large official models reach below that too and still ground, having learned positions
-  from far more data.
+  picture; it uses theta 5). A small model trained from scratch needs this reach to learn boxes and points.
+  Large official models reach below that too and still ground, having learned positions from far more data.
 
     python -m qwenvl.train.diagnose -m CHECKPOINT --data heldout.jsonl [--n 24]
 """
