@@ -79,6 +79,11 @@ def build(out: Path, task: str, n: int, seed: int, split: str) -> Path:
     return path
 
 
+def answer_word(meta: dict) -> str:
+    """The expected word of a `colour` / `side` / `cell` answer ("It is left." -> "left")."""
+    return meta["answer"].removeprefix("It is ").rstrip(".")
+
+
 def score(record: dict, text: str) -> float:
     """1/0 for `colour` and `side` (the expected word is in the answer); for `point`, the mean absolute error of
     the centre in pixels (SIZE when no "[x, y]" is found)."""
@@ -88,7 +93,7 @@ def score(record: dict, text: str) -> float:
         if len(nums) < 2:
             return float(SIZE)
         return (abs(nums[0] - m["centre"][0]) + abs(nums[1] - m["centre"][1])) / 2
-    word = m["answer"].removeprefix("It is ").rstrip(".")
+    word = answer_word(m)
     return float(re.search(rf"\b{word}\b", text) is not None)
 
 
@@ -116,7 +121,7 @@ def axis_accuracy(recs: list[dict], vals: list[float]) -> dict[str, float]:
     """`side` / `cell` accuracy per question (columns: left/right, rows: top/bottom); the two can differ a lot."""
     out = {}
     for axis, words in (("left_right", ("left", "right")), ("top_bottom", ("top", "bottom"))):
-        v = [x for r, x in zip(recs, vals) if r["meta"]["answer"].removeprefix("It is ").rstrip(".") in words]
+        v = [x for r, x in zip(recs, vals) if answer_word(r["meta"]) in words]
         if v:
             out[f"accuracy_{axis}"] = sum(v) / len(v)
     return out
