@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from qwenvl.synth import COLOURS
-from qwenvl.synth.probes import BACKGROUND, SIZE, axis_accuracy, build, make_record, score
+from qwenvl.synth.probes import BACKGROUND, SIZE, SIZES, axis_accuracy, build, centre_guess, make_record, score
 
 
-@pytest.mark.parametrize("task", ["colour", "side", "cell", "point"])
+@pytest.mark.parametrize("task", ["colour", "side", "cell", "point", "point_sizes"])
 def test_records_match_their_pictures(tmp_path, task):
     path = build(tmp_path, task, 30, seed=2, split="train")
     recs = [json.loads(x) for x in path.read_text().splitlines()]
@@ -21,7 +21,8 @@ def test_records_match_their_pictures(tmp_path, task):
     for r in recs:
         m = r["meta"]
         img = np.asarray(Image.open(tmp_path / r["messages"][0]["content"][1]["image"]).convert("RGB"))
-        assert img.shape == (SIZE, SIZE, 3)
+        W, H = m["picture"]
+        assert img.shape == (H, W, 3) and (W, H) in (SIZES if task == "point_sizes" else [(SIZE, SIZE)])
         ys, xs = np.nonzero((img != np.array(BACKGROUND)).any(-1))  # the square's pixels
         assert (xs.max() - xs.min() + 1) == m["size"] == (ys.max() - ys.min() + 1)
         assert tuple(img[ys[0], xs[0]]) == COLOURS[m["colour"]]
@@ -35,10 +36,31 @@ def test_records_match_their_pictures(tmp_path, task):
             truth = {"left": cx < SIZE // 2, "right": cx >= SIZE // 2, "top": cy < SIZE // 2,
                      "bottom": cy >= SIZE // 2}
             assert truth[word] and min(abs(cx - SIZE // 2), abs(cy - SIZE // 2)) > 10
-        elif task == "point":
+        elif task in ("point", "point_sizes"):
             assert answer == f"[{cx}, {cy}]"
         else:
             assert answer == f"It is {m['colour']}."
+
+
+def test_point_sizes_vary_the_token_grid(tmp_path):
+    """Every size is a whole number of merged tokens the processor keeps (no resize), at most 16 of them, and the
+    pictures really vary: the probe exists to move the answer's distance from the picture."""
+    from qwenvl.tiny import make_random_checkpoint
+    import qwenvl
+    from qwenvl.train.data import SFTData
+
+    assert all(w % 28 == 0 and h % 28 == 0 and (w // 28) * (h // 28) <= 16 for w, h in SIZES)
+    path = build(tmp_path, "point_sizes", 40, seed=0, split="train")
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len({tuple(r["meta"]["picture"]) for r in recs}) >= 5
+    vlm = qwenvl.load(make_random_checkpoint(tmp_path / "m", seed=0), pack=False)
+    data = SFTData([path], vlm.processor)
+    for i in range(5):
+        W, H = recs[i]["meta"]["picture"]
+        assert data[i].image_grid_thw.tolist() == [[1, H // 14, W // 14]]
+    # a blind model answering each picture's own centre: the error is measured from that picture's centre
+    rec = {"meta": {"centre": [10, 30], "picture": [56, 84]}}
+    assert centre_guess([rec]) == (abs(10 - 28) + abs(30 - 42)) / 2
 
 
 def test_train_and_heldout_differ_and_seeds_repeat(tmp_path):

@@ -104,7 +104,14 @@ def test_diagnose_notes_a_position_blind_rope(ckpt):
     seeing = replace(vlm.config, text=replace(vlm.config.text, rope_theta=10.0))
     r = position_reach(seeing, samples)
     assert r["rows"] > 1 and r["cols"] > 1  # the held-out pictures are several merged tokens wide and tall
-    assert r["note"] is None and r["h"] > 1.0
+    assert r["h"] > 1.0 and "rows" not in r["note"] and "columns" not in r["note"]
+    # theta 10 has no slow frequency: content lookups work only at a fixed distance
+    assert r["slowest"] == pytest.approx(10.0 ** (-(vlm.config.text.head_dim - 2) / vlm.config.text.head_dim))
+    assert "slowest frequency" in r["note"]
+    both = replace(vlm.config, text=replace(vlm.config.text, rope_theta=1e4, mrope_section=(1, 1, sum(
+        vlm.config.text.mrope_section) - 2)))
+    r = position_reach(both, samples)
+    assert r["slowest"] < 0.05 and r["note"] is None, r  # fast rows and columns, and slow frequencies for text
     blind = position_reach(replace(vlm.config, text=replace(vlm.config.text, rope_theta=1e12)), samples)
     assert blind["w"] < 1e-3 and "columns" in blind["note"] and "rows" in blind["note"]
     assert "position_reach" in diagnose(vlm, samples)

@@ -8,7 +8,10 @@ one skill:
   (one bit of position; the square is never within 10 px of the middle);
 - `cell`: as `side`, but the square is 28 x 28 px and fills exactly one merged token's cell, so one visual token
   holds all of it (position without the clutter of a square split across tokens);
-- `point`: "Where is the square?" -> "[x, y]", its centre in pixels (full position).
+- `point`: "Where is the square?" -> "[x, y]", its centre in pixels (full position);
+- `point_sizes`: `point` on pictures of 2-5 x 2-5 merged tokens (56-140 px a side, at most 16 tokens). The text
+  after a picture starts at its largest row/column index + 1, so the answer's distance from the picture now
+  varies; a model that found the square only through a fixed offset fails here.
 
 A recipe that cannot learn `side` cannot learn boxes, points, clicks or time spans. The embedded model's notes
 (docs/embedded-runs/notes.md) table what the 10.5M-parameter model learns from each and after how many samples.
@@ -29,9 +32,10 @@ from PIL import Image, ImageDraw
 
 from . import COLOURS, DEFAULT_MIN_PIXELS, SPLIT_OFFSET, save_png
 
-TASKS = ("colour", "side", "cell", "point")
+TASKS = ("colour", "side", "cell", "point", "point_sizes")
 CELL = 28  # pixels per merged visual token (patch 14 x merge 2)
 SIZE = 112  # pixels: 4 x 4 merged visual tokens; the processor keeps this size
+SIZES = [(w, h) for w in range(56, 141, CELL) for h in range(56, 141, CELL) if w * h <= SIZE * SIZE]  # point_sizes
 LIMITS = {"min_pixels": DEFAULT_MIN_PIXELS, "max_pixels": SIZE * SIZE}
 BACKGROUND = (245, 245, 240)
 
@@ -39,17 +43,18 @@ BACKGROUND = (245, 245, 240)
 def make_record(task: str, rng: random.Random, out: Path, name: str) -> dict:
     """Render one picture under out/media/ and return its record (meta keeps the ground truth)."""
     colour = rng.choice(sorted(COLOURS))
+    W, H = rng.choice(SIZES) if task == "point_sizes" else (SIZE, SIZE)
     if task == "cell":
         s = CELL
         x, y = CELL * rng.randrange(SIZE // CELL), CELL * rng.randrange(SIZE // CELL)
     else:
         s = rng.randint(16, 32)
         while True:  # `side` needs a clear answer: the centre stays 10 px away from both middle lines
-            x, y = rng.randint(0, SIZE - s), rng.randint(0, SIZE - s)
+            x, y = rng.randint(0, W - s), rng.randint(0, H - s)
             if task != "side" or (abs(x + s // 2 - SIZE // 2) > 10 and abs(y + s // 2 - SIZE // 2) > 10):
                 break
     cx, cy = x + s // 2, y + s // 2
-    img = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
+    img = Image.new("RGB", (W, H), BACKGROUND)
     ImageDraw.Draw(img).rectangle([x, y, x + s - 1, y + s - 1], fill=COLOURS[colour])
     rel = f"media/{name}.png"
     save_png(img, out / rel)
@@ -64,7 +69,8 @@ def make_record(task: str, rng: random.Random, out: Path, name: str) -> dict:
     image = {"type": "image", "image": rel, **LIMITS}
     return {"messages": [{"role": "user", "content": [{"type": "text", "text": q}, image]},
                          {"role": "assistant", "content": a}],
-            "meta": {"task": f"probe_{task}", "answer": a, "colour": colour, "centre": [cx, cy], "size": s}}
+            "meta": {"task": f"probe_{task}", "answer": a, "colour": colour, "centre": [cx, cy], "size": s,
+                     "picture": [W, H]}}
 
 
 def build(out: Path, task: str, n: int, seed: int, split: str) -> Path:
@@ -88,7 +94,7 @@ def score(record: dict, text: str) -> float:
     """1/0 for `colour` and `side` (the expected word is in the answer); for `point`, the mean absolute error of
     the centre in pixels (SIZE when no "[x, y]" is found)."""
     m = record["meta"]
-    if m["task"] == "probe_point":
+    if m["task"] in ("probe_point", "probe_point_sizes"):
         nums = [int(v) for v in re.findall(r"\d+", text)[:2]]
         if len(nums) < 2:
             return float(SIZE)
@@ -106,15 +112,24 @@ def evaluate(vlm, data: Path, n: int = 60) -> dict:
     vals = [score(r, g.text) for r, g in zip(recs, gens)]
     task = recs[0]["meta"]["task"]
     out = {"task": task, "n": len(vals), "examples": [g.text for g in gens[:4]]}
-    if task == "probe_point":
+    if task in ("probe_point", "probe_point_sizes"):
         out["mean_abs_error_px"] = sum(vals) / len(vals)
-        # what always answering the picture's centre would score
-        out["centre_guess_px"] = sum(abs(c - SIZE // 2) for r in recs for c in r["meta"]["centre"]) / (2 * len(recs))
+        out["centre_guess_px"] = centre_guess(recs)
     else:
         out["accuracy"] = sum(vals) / len(vals)
     if task in ("probe_side", "probe_cell"):
         out.update(axis_accuracy(recs, vals))
     return out
+
+
+def centre_guess(recs: list[dict]) -> float:
+    """The mean pixel error of always answering each picture's centre (what a model blind to position scores)."""
+    err = 0.0
+    for r in recs:
+        W, H = r["meta"].get("picture", (SIZE, SIZE))
+        (cx, cy) = r["meta"]["centre"]
+        err += (abs(cx - W // 2) + abs(cy - H // 2)) / 2
+    return err / len(recs)
 
 
 def axis_accuracy(recs: list[dict], vals: list[float]) -> dict[str, float]:

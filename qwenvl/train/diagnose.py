@@ -15,8 +15,10 @@ curve alone does not show it. This module measures it:
   rows (h) and columns (w). Under about a radian, attention cannot tell the rows or columns apart by position
   (theta 1e6 with sections [16, 8, 8] at head_dim 64 gives 5e-4 rad across 16 columns; with theta 50 and
   [4, 14, 14] the embedded model's `cell` probe learned rows but not columns, which turn 0.33 rad across its 4-token
-  picture; it uses theta 5). A small model trained from scratch needs this reach to learn boxes and points.
-  Large official models reach below that too and still ground, having learned positions from far more data.
+  picture). A small model trained from scratch needs this reach to learn boxes and points. Large official models
+  reach below that too and still ground, having learned positions from far more data. The note also says when
+  even the slowest frequency turns fast (theta 5: 0.21 rad per token): then attention finds a token by content
+  only at a fixed distance, and the embedded model learned `point` on pictures of one size but not of several.
 
     python -m qwenvl.train.diagnose -m CHECKPOINT --data heldout.jsonl [--n 24]
 """
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 IGNORED_GAP = 0.01  # nats per answer token: below this the pictures do not matter to the model
 COLLAPSED_SPREAD = 0.05  # visual tokens that vary by less than 5 % of their size carry (almost) no picture
+FAST_ONLY = 0.05  # rad per token: a slowest MRoPE frequency above this turns > 1 rad across a 20-token question
 
 
 def blank_media(batch: PackedBatch) -> PackedBatch:
@@ -114,7 +117,7 @@ def grad_norms(model, samples) -> dict:
 
 def position_reach(cfg, samples) -> dict:
     """MRoPE turn (radians) across the largest picture's rows and columns, and a note where it is under 1."""
-    from ..model.layers import mrope_reach
+    from ..model.layers import inv_freq, mrope_reach
 
     merge = cfg.vision.spatial_merge_size
     rows = cols = 1
@@ -129,8 +132,15 @@ def position_reach(cfg, samples) -> dict:
            "w": mrope_reach(t.head_dim, t.rope_theta, t.mrope_section, cols - 1)["w"]}
     weak = [f"{k} turns {out[k]:.2g} rad across {n} {name}" for k, n, name in (("h", rows, "rows"), ("w", cols, "columns"))
             if n > 1 and out[k] < 1.0]
-    out["note"] = ("; ".join(weak) + ": attention cannot place visual tokens along that axis by position "
-                   "(a smaller rope_theta or wider h/w sections help a model trained from scratch)") if weak else None
+    notes = [("; ".join(weak) + ": attention cannot place visual tokens along that axis by position "
+              "(a smaller rope_theta or wider h/w sections help a model trained from scratch)")] if weak else []
+    out["slowest"] = float(inv_freq(t.head_dim, t.rope_theta)[-1])  # rad per token
+    if out["slowest"] > FAST_ONLY:
+        notes.append(f"even the slowest frequency turns {out['slowest']:.2g} rad per token: attention can find a "
+                     "token by content only at a fixed distance, so pictures of several sizes (the answer's distance "
+                     "from them varies) and words copied from the question are hard to learn (a larger rope_theta "
+                     "keeps slow frequencies)")
+    out["note"] = "; ".join(notes) or None
     return out
 
 
