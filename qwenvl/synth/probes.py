@@ -9,9 +9,9 @@ one skill:
 - `cell`: as `side`, but the square is 28 x 28 px and fills exactly one merged token's cell, so one visual token
   holds all of it (position without the clutter of a square split across tokens);
 - `point`: "Where is the square?" -> "[x, y]", its centre in pixels (full position);
-- `point_sizes`: `point` on pictures of 2-5 x 2-5 merged tokens (56-140 px a side, at most 16 tokens). The text
-  after a picture starts at its largest row/column index + 1, so the answer's distance from the picture now
-  varies; a model that found the square only through a fixed offset fails here.
+- `point_sizes`: `point` on pictures of 2-5 x 2-5 merged tokens (56-140 px a side, at most 16 tokens). The width
+  in tokens varies, and so does the answer's distance from the picture (the text after a picture starts at its
+  largest row/column index + 1); a model that found the square through a shortcut for one size fails here.
 
 A recipe that cannot learn `side` cannot learn boxes, points, clicks or time spans. The embedded model's notes
 (docs/embedded-runs/notes.md) table what the 10.5M-parameter model learns from each and after how many samples.

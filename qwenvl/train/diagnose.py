@@ -18,7 +18,7 @@ curve alone does not show it. This module measures it:
   picture). A small model trained from scratch needs this reach to learn boxes and points. Large official models
   reach below that too and still ground, having learned positions from far more data. The note also says when
   even the slowest frequency turns fast (theta 5: 0.21 rad per token): then attention finds a token by content
-  only at a fixed distance, and the embedded model learned `point` on pictures of one size but not of several.
+  only at a fixed distance (the embedded model at theta 5 never learned to copy a word from its question).
 
     python -m qwenvl.train.diagnose -m CHECKPOINT --data heldout.jsonl [--n 24]
 """
@@ -137,9 +137,9 @@ def position_reach(cfg, samples) -> dict:
     out["slowest"] = float(inv_freq(t.head_dim, t.rope_theta)[-1])  # rad per token
     if out["slowest"] > FAST_ONLY:
         notes.append(f"even the slowest frequency turns {out['slowest']:.2g} rad per token: attention can find a "
-                     "token by content only at a fixed distance, so pictures of several sizes (the answer's distance "
-                     "from them varies) and words copied from the question are hard to learn (a larger rope_theta "
-                     "keeps slow frequencies)")
+                     "token by content only at a fixed distance, so lookups at a varying distance (a word copied from "
+                     "the question, a picture's token from an answer) are hard to learn (a larger rope_theta keeps "
+                     "slow frequencies)")
     out["note"] = "; ".join(notes) or None
     return out
 
