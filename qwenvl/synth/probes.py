@@ -127,7 +127,7 @@ def centre_guess(recs: list[dict]) -> float:
     err = 0.0
     for r in recs:
         W, H = r["meta"].get("picture", (SIZE, SIZE))
-        (cx, cy) = r["meta"]["centre"]
+        cx, cy = r["meta"]["centre"]
         err += (abs(cx - W // 2) + abs(cy - H // 2)) / 2
     return err / len(recs)
 
