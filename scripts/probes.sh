@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Learnability probes for the embedded model's shape (qwenvl.synth.probes): does a fresh from-scratch model learn
 # the colour of one square, which side it is on (`cell`: the square fills one token; `side`: anywhere), and where
-# its centre is, on pictures of one size (`point`) and of several (`point_sizes`)? `cell` runs twice: with the
-# embedded shape (MRoPE theta 5) and with theta 50, whose columns turn too little to be told apart. Towers frozen
-# at their init, language model trained at LR for STEPS steps of PACK-token packs, then greedy answers on 60
-# held-out pictures.
+# its centre is, on pictures of one size (`point`) and of several (`point_sizes`, from the init and, as a
+# curriculum, from the `point` run)? `cell` runs twice: with the embedded shape (MRoPE theta 5) and with theta 50,
+# whose columns turn too little to be told apart. Towers frozen at their init, language model trained at LR for
+# STEPS steps of PACK-token packs, then greedy answers on 60 held-out pictures.
 #
-#   bash scripts/probes.sh runs/probe            # 2 CPU cores: ~47 minutes (6 runs of ~7 minutes + scoring)
+#   bash scripts/probes.sh runs/probe            # 2 CPU cores: ~55 minutes (7 runs of ~7 minutes + scoring)
 #
 # Settings (environment): STEPS (300), LR (1e-3), PACK (2048), PYTHON. The tokenizer is the embedded model's.
 # Results: OUT/<run>/score.json and a summary on stdout (docs/embedded-runs/notes.md tables them).
@@ -42,9 +42,11 @@ $PY -m qwenvl.synth.probes build --out "$OUT" --task cell --n 4000 --seed 11 >/d
 $PY -m qwenvl.synth.probes build --out "$OUT" --task point --n 6000 --seed 3 >/dev/null
 $PY -m qwenvl.synth.probes build --out "$OUT" --task point_sizes --n 6000 --seed 3 >/dev/null
 
-for run in cell:init cell:init-theta50 side:init point:init point_sizes:init colour:init; do
-  task=${run%%:*}; init=${run#*:}; dir="$OUT/$task-$init"
-  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$OUT/$init" --data "[$OUT/$task-train.jsonl]" \
+# TASK:START; START is an init, or an earlier run whose export continues (the curriculum: point, then point_sizes)
+for run in cell:init cell:init-theta50 side:init point:init point_sizes:init point_sizes:point-init colour:init; do
+  task=${run%%:*}; init=${run#*:}; dir="$OUT/$task-$init"; model="$OUT/$init"
+  [ -f "$model/config.json" ] || model="$model/export"
+  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$model" --data "[$OUT/$task-train.jsonl]" \
       --output-dir "$dir" --max-steps "$STEPS" --lr "$LR" --warmup-steps 20 --epochs 20 --pack-length "$PACK" \
       --min-lr-ratio 0.1 --time-budget-min 0 --tune-vision false --tune-merger false --save-every 0 >"$dir.log" 2>&1
   $PY -m qwenvl.synth.probes score -m "$dir/export" --data "$OUT/$task-heldout.jsonl" >"$dir/score.json" 2>/dev/null

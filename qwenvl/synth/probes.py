@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 from . import COLOURS, DEFAULT_MIN_PIXELS, SPLIT_OFFSET, save_png
 
 TASKS = ("colour", "side", "cell", "point", "point_sizes")
+POINT_TASKS = ("probe_point", "probe_point_sizes")  # scored by pixel error
 CELL = 28  # pixels per merged visual token (patch 14 x merge 2)
 SIZE = 112  # pixels: 4 x 4 merged visual tokens; the processor keeps this size
 SIZES = [(w, h) for w in range(56, 141, CELL) for h in range(56, 141, CELL) if w * h <= SIZE * SIZE]  # point_sizes
@@ -94,7 +95,7 @@ def score(record: dict, text: str) -> float:
     """1/0 for `colour` and `side` (the expected word is in the answer); for `point`, the mean absolute error of
     the centre in pixels (SIZE when no "[x, y]" is found)."""
     m = record["meta"]
-    if m["task"] in ("probe_point", "probe_point_sizes"):
+    if m["task"] in POINT_TASKS:
         nums = [int(v) for v in re.findall(r"\d+", text)[:2]]
         if len(nums) < 2:
             return float(SIZE)
@@ -112,7 +113,7 @@ def evaluate(vlm, data: Path, n: int = 60) -> dict:
     vals = [score(r, g.text) for r, g in zip(recs, gens)]
     task = recs[0]["meta"]["task"]
     out = {"task": task, "n": len(vals), "examples": [g.text for g in gens[:4]]}
-    if task in ("probe_point", "probe_point_sizes"):
+    if task in POINT_TASKS:
         out["mean_abs_error_px"] = sum(vals) / len(vals)
         out["centre_guess_px"] = centre_guess(recs)
     else:
