@@ -261,6 +261,25 @@ def test_curriculum_zero_is_one_object_small_images(tmp_path):
     assert len(sizes) > 3 and any(h != w for h, w in sizes)
 
 
+def test_one_size_and_max_side(tmp_path, capsys):
+    """The curriculum's size knobs: --image-size renders every grounding scene at one size, --max-side caps the
+    largest side; bad values are refused with a message that names the flag."""
+    assert main(["--out", str(tmp_path / "a"), "--n", "4", "--tasks", "grounding", "--image-size", "112", "140"]) == 0
+    recs = [json.loads(x) for x in (tmp_path / "a" / "train.jsonl").read_text().splitlines()]
+    assert {tuple(r["meta"]["original"]) for r in recs} == {(112, 140)}
+    for r in recs:
+        for o in r["meta"]["objects"]:
+            x1, y1, x2, y2 = o["box"]
+            assert 0 <= x1 < x2 <= 140 and 0 <= y1 < y2 <= 112
+    assert main(["--out", str(tmp_path / "b"), "--n", "12", "--tasks", "detect", "--max-side", "140"]) == 0
+    sizes = [json.loads(x)["meta"]["original"] for x in (tmp_path / "b" / "train.jsonl").read_text().splitlines()]
+    assert max(max(s) for s in sizes) <= 140 and len({tuple(s) for s in sizes}) > 2
+    for bad in (["--image-size", "10", "112"], ["--max-side", "50"]):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "c"), "--n", "1", *bad])
+        assert bad[0] in capsys.readouterr().err
+
+
 def test_small_max_pixels_resizes_labels(tmp_path):
     """With a pixel cap below the image area the model frame is smaller than the image: labels still land
     inside it and map back to the ground truth within one model pixel."""

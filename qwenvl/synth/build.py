@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps-range", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                     help="video sampling fps range (default 0.5 4)")
     ap.add_argument("--fps-choices", type=float, nargs="+", default=None, help="video sampling fps values")
+    ap.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                    help="grounding scenes: render every picture at this one size (a curriculum's first stage)")
+    ap.add_argument("--max-side", type=int, default=None,
+                    help="grounding scenes: largest picture side (default: the curriculum's, 224 at level 0)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--name", default=None, help="JSONL file name without .jsonl (default: the split)")
     ap.add_argument("--corpus", default=None, help="also write corpus_text(records) to this file")
@@ -147,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         extra["fps_range"] = tuple(a.fps_range)
     if a.fps_choices:
         extra["fps_choices"] = list(a.fps_choices)
+    if a.image_size:
+        if min(a.image_size) < 28:
+            ap.error(f"--image-size {a.image_size[0]} {a.image_size[1]}: both sides must be at least 28 px")
+        extra["image_size"] = tuple(a.image_size)
+    if a.max_side is not None:
+        if a.max_side < 112:
+            ap.error(f"--max-side {a.max_side}: must be at least 112 px (the smallest scene side)")
+        extra["max_side"] = a.max_side
     t0 = time.perf_counter()
     recs = build_dataset(a.out, n_per_task={t: a.n for t in tasks}, split=a.split, seed=a.seed,
                          curriculum=a.curriculum, min_pixels=a.min_pixels, max_pixels=a.max_pixels,

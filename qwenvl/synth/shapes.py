@@ -83,7 +83,9 @@ def place_boxes(rng: random.Random, h: int, w: int, n: int, lo: int, hi: int, ga
 
 def scene(ctx: Ctx, rng: random.Random, n: int | None = None, size: tuple[int, int] | None = None):
     """Render a scene: (image, objects [{shape, colour, label, box}] in reading order, background kind)."""
-    h, w = size or image_size(rng, ctx.curriculum)
+    # ctx.extra: "image_size" (h, w) renders every scene at one size (a one-size-first curriculum stage);
+    # "max_side" caps the curriculum's largest side.
+    h, w = size or ctx.extra.get("image_size") or image_size(rng, ctx.curriculum, hi=ctx.extra.get("max_side"))
     n = n or rng.randint(1, max_objects(ctx.curriculum))
     fm = frame_map(h, w, ctx)
     scale = max(fm.sx, fm.sy)  # original px per model px: keep shapes >= 14 model px
