@@ -12,7 +12,7 @@ import torch
 import qwenvl
 from qwenvl.tiny import make_random_checkpoint
 from qwenvl.train.data import SFTData
-from qwenvl.train.diagnose import COLLAPSED_SPREAD, diagnose
+from qwenvl.train.diagnose import COLLAPSED_SPREAD, ROLES, diagnose, token_roles
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT = ROOT / "configs" / "data" / "tiny-heldout.jsonl"
@@ -37,10 +37,29 @@ def test_random_model_varies_its_visual_tokens_and_reacts_to_blank_pictures(ckpt
     assert r["visual_tokens"]["spread"] > COLLAPSED_SPREAD
     assert r["media_reliance"]["gap"] != 0.0  # blanking the pictures changes the answer-token loss
     assert set(r["grad_norm"]) == {"language_model", "merger", "vision"}
+    roles = r["answer_tokens"]
+    assert set(roles) <= set(ROLES) and "other" in roles
+    n_tokens = sum(v["n"] for v in roles.values())
+    assert n_tokens == r["media_reliance"]["loss_tokens"]  # every answer token has exactly one role
+    mean = sum(v["n"] * v["loss"] for v in roles.values()) / n_tokens
+    assert mean == pytest.approx(r["media_reliance"]["loss"], rel=1e-4)  # the same losses, split by role
     assert all(v > 0 for v in r["grad_norm"].values())
     after = vlm.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # measuring does not train
     assert all(p.grad is None for p in vlm.model.parameters())
+
+
+def test_token_roles_split_digits_labels_and_format():
+    pieces = ['```', 'json', '\n', '[{"', 'bbox', '_', '2', 'd', '":', ' [', '2', '6', ',', ' ', '1', '0', '5', '],',
+              ' "', 'label', '":', ' "', 'purple', ' triangle', '"}', ']\n', '```']
+    roles = token_roles(pieces)
+    assert len(roles) == len(pieces)
+    got = {r: [p for p, x in zip(pieces, roles) if x == r] for r in ROLES}
+    assert got["digit_first"] == ["2", "2", "1"]  # "2" of bbox_2d, then 26 and 105
+    assert got["digit_rest"] == ["6", "0", "5"]
+    assert got["label"] == ["purple", " triangle"]
+    assert token_roles([" 7", " 8"]) == ["digit_first", "digit_first"]  # a space starts a new number
+    assert token_roles(['"label": "', 'red']) == ["other", "label"]  # an unfinished label still counts
 
 
 def test_collapsed_merger_is_reported(ckpt):

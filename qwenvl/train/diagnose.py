@@ -1,4 +1,4 @@
-"""Does a model use its images? Three measurements on held-out samples, for runs that train the vision side.
+"""Does a model use its images? Five measurements on held-out samples, for runs that train the vision side.
 
 A vision-language model trained from scratch (or a vision tower fine-tuned with a high learning rate) can fall into
 a state where the language model ignores the pictures: its loss is the same with the real images and with blank
@@ -11,6 +11,9 @@ curve alone does not show it. This module measures it:
 - **visual-token spread**: at the merger output (what the language model reads), the standard deviation across
   the tokens of one picture relative to their root-mean-square size (1 = fully varied, 0 = one shared vector);
 - **gradient norms** of one backward pass, per tower (vision blocks, merger, language model);
+- **answer tokens by role**: the same two losses per kind of answer token: a number's first digit, its other
+  digits, the words of a `"label"` string, and everything else (the format). A model can learn the format (its
+  loss near 0) while every digit and label word stays at chance and ignores the picture; this shows which;
 - **position reach** (a note, not a failure): how far the language model's MRoPE turns across the largest picture's
   rows (h) and columns (w). Under about a radian, attention cannot tell the rows or columns apart by position
   (theta 1e6 with sections [16, 8, 8] at head_dim 64 gives 5e-4 rad across 16 columns; with theta 50 and
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections import defaultdict
 
@@ -34,7 +38,7 @@ from dataclasses import replace
 
 import torch
 
-from .packing import PackedBatch, collate, packed_loss
+from .packing import PackedBatch, collate, hidden_states, packed_loss, token_losses
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,46 @@ def media_reliance(model, samples) -> dict:
         real = float(packed_loss(model, batch)[0]) / n
         blank = float(packed_loss(model, blank_media(batch))[0]) / n
     return {"loss": real, "loss_blank_media": blank, "gap": blank - real, "loss_tokens": n}
+
+
+ROLES = ("digit_first", "digit_rest", "label", "other")
+_LABEL = re.compile(r'"label"\s*:\s*"([^"]*)')
+
+
+def token_roles(pieces: list[str]) -> list[str]:
+    """The role (one of ROLES) of each answer token, given each token's decoded text in order: a number's first
+    digit, its later digits, a token inside a `"label": "..."` value, or other (format, words outside labels)."""
+    text = "".join(pieces)
+    spans = [m.span(1) for m in _LABEL.finditer(text)]
+    roles, at, prev_digit = [], 0, False
+    for p in pieces:
+        a, b = at, at + len(p)
+        at = b
+        digit = p.strip().isdigit()
+        if digit:
+            roles.append("digit_rest" if prev_digit and not p[:1].isspace() else "digit_first")
+        elif p.strip() and any(a < e and s < b for s, e in spans):
+            roles.append("label")
+        else:
+            roles.append("other")
+        prev_digit = digit
+    return roles
+
+
+def answer_token_roles(vlm, samples) -> dict:
+    """{role: {n, loss, loss_blank_media}}: mean answer-token loss per role (see token_roles), real vs blank media."""
+    model, tok = vlm.model, vlm.processor.tokenizer
+    acc = {r: [0, 0.0, 0.0] for r in ROLES}
+    with torch.no_grad():
+        for s in samples:
+            b = collate([s])
+            real, pos = token_losses(model, hidden_states(model, b), b.labels)
+            blank, _ = token_losses(model, hidden_states(model, blank_media(b)), b.labels)
+            ids = b.labels.view(-1).index_select(0, pos).tolist()
+            for r, x, y in zip(token_roles([tok.decode([i]) for i in ids]), real.tolist(), blank.tolist()):
+                a = acc[r]
+                a[0], a[1], a[2] = a[0] + 1, a[1] + x, a[2] + y
+    return {r: {"n": n, "loss": x / n, "loss_blank_media": y / n} for r, (n, x, y) in acc.items() if n}
 
 
 def visual_token_spread(model, samples) -> dict:
@@ -145,12 +189,13 @@ def position_reach(cfg, samples) -> dict:
 
 
 def diagnose(vlm, samples) -> dict:
-    """All four measurements and a verdict ("uses its pictures" or why not; position reach only adds a note)."""
+    """All five measurements and a verdict ("uses its pictures" or why not; position reach only adds a note)."""
     samples = _with_media(samples)
     if not samples:
         raise ValueError("none of the samples has an image or a video; diagnose needs held-out records with media")
     out = {"samples": len(samples), "media_reliance": media_reliance(vlm.model, samples),
-           "visual_tokens": visual_token_spread(vlm.model, samples), "grad_norm": grad_norms(vlm.model, samples),
+           "visual_tokens": visual_token_spread(vlm.model, samples), "answer_tokens": answer_token_roles(vlm, samples),
+           "grad_norm": grad_norms(vlm.model, samples),
            "position_reach": position_reach(vlm.config, samples)}
     gap, spread = out["media_reliance"]["gap"], out["visual_tokens"]["spread"]
     problems = []
