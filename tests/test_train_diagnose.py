@@ -12,6 +12,7 @@ import torch
 import qwenvl
 from qwenvl.tiny import make_random_checkpoint
 from qwenvl.train.data import SFTData
+from qwenvl.train.packing import collate, packed_loss
 from qwenvl.train.diagnose import COLLAPSED_SPREAD, ROLES, diagnose, token_roles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +33,8 @@ def _samples(vlm, n=6):
 def test_random_model_varies_its_visual_tokens_and_reacts_to_blank_pictures(ckpt):
     vlm = qwenvl.load(ckpt, dtype=torch.float32, pack=False)
     before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
-    r = diagnose(vlm, _samples(vlm))
+    samples = _samples(vlm)
+    r = diagnose(vlm, samples)
     assert r["samples"] == 6
     assert r["visual_tokens"]["spread"] > COLLAPSED_SPREAD
     assert r["media_reliance"]["gap"] != 0.0  # blanking the pictures changes the answer-token loss
@@ -42,7 +44,10 @@ def test_random_model_varies_its_visual_tokens_and_reacts_to_blank_pictures(ckpt
     n_tokens = sum(v["n"] for v in roles.values())
     assert n_tokens == r["media_reliance"]["loss_tokens"]  # every answer token has exactly one role
     mean = sum(v["n"] * v["loss"] for v in roles.values()) / n_tokens
-    assert mean == pytest.approx(r["media_reliance"]["loss"], rel=1e-4)  # the same losses, split by role
+    with torch.no_grad():  # the per-sample losses, split by role, add up to the packed batch's loss
+        packed = float(packed_loss(vlm.model, collate(samples))[0]) / n_tokens
+    assert mean == pytest.approx(packed, rel=1e-4)
+    assert r["media_reliance"]["loss"] == pytest.approx(mean, rel=1e-9)
     assert all(v > 0 for v in r["grad_norm"].values())
     after = vlm.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # measuring does not train

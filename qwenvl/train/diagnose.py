@@ -57,13 +57,11 @@ def _with_media(samples) -> list:
     return [s for s in samples if s.pixel_values is not None or s.pixel_values_videos is not None]
 
 
-def media_reliance(model, samples) -> dict:
-    """Answer-token loss with the real media and with flat grey media (normalised pixels all zero)."""
-    batch = collate(samples)
-    n = batch.num_loss_tokens
-    with torch.no_grad():
-        real = float(packed_loss(model, batch)[0]) / n
-        blank = float(packed_loss(model, blank_media(batch))[0]) / n
+def media_reliance(roles: dict) -> dict:
+    """Answer-token loss with the real media and with flat grey media, from answer_token_roles' per-role means."""
+    n = sum(v["n"] for v in roles.values())
+    real = sum(v["n"] * v["loss"] for v in roles.values()) / n
+    blank = sum(v["n"] * v["loss_blank_media"] for v in roles.values()) / n
     return {"loss": real, "loss_blank_media": blank, "gap": blank - real, "loss_tokens": n}
 
 
@@ -193,8 +191,9 @@ def diagnose(vlm, samples) -> dict:
     samples = _with_media(samples)
     if not samples:
         raise ValueError("none of the samples has an image or a video; diagnose needs held-out records with media")
-    out = {"samples": len(samples), "media_reliance": media_reliance(vlm.model, samples),
-           "visual_tokens": visual_token_spread(vlm.model, samples), "answer_tokens": answer_token_roles(vlm, samples),
+    roles = answer_token_roles(vlm, samples)
+    out = {"samples": len(samples), "media_reliance": media_reliance(roles),
+           "visual_tokens": visual_token_spread(vlm.model, samples), "answer_tokens": roles,
            "grad_norm": grad_norms(vlm.model, samples),
            "position_reach": position_reach(vlm.config, samples)}
     gap, spread = out["media_reliance"]["gap"], out["visual_tokens"]["spread"]
