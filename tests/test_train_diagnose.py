@@ -129,7 +129,7 @@ def test_diagnose_notes_a_position_blind_rope(ckpt):
     r = position_reach(seeing, samples)
     assert r["rows"] > 1 and r["cols"] > 1  # the held-out pictures are several merged tokens wide and tall
     assert r["h"] > 1.0 and "rows" not in r["note"] and "columns" not in r["note"]
-    # theta 10 has no slow frequency: content lookups work only at a fixed distance
+    # theta 10 has no slow frequency: content lookups at a varying distance are slower to learn
     assert r["slowest"] == pytest.approx(10.0 ** (-(vlm.config.text.head_dim - 2) / vlm.config.text.head_dim))
     assert "slowest frequency" in r["note"]
     both = replace(vlm.config, text=replace(vlm.config.text, rope_theta=1e4, mrope_section=(1, 1, sum(

@@ -20,8 +20,9 @@ curve alone does not show it. This module measures it:
   [4, 14, 14] the embedded model's `cell` probe learned rows but not columns, which turn 0.33 rad across its 4-token
   picture). A small model trained from scratch needs this reach to learn boxes and points. Large official models
   reach below that too and still ground, having learned positions from far more data. The note also says when
-  even the slowest frequency turns fast (theta 5: 0.21 rad per token): then attention finds a token by content
-  only at a fixed distance (the embedded model at theta 5 never learned to copy a word from its question).
+  even the slowest frequency turns fast (theta 5: 0.21 rad per token): then a lookup by content at a varying
+  distance is slower to learn (at theta 5 the embedded shape learned a short text copy in ≈ 90 steps against ≈ 50
+  at theta 1000).
 
     python -m qwenvl.train.diagnose -m CHECKPOINT --data heldout.jsonl [--n 24]
 """
@@ -178,10 +179,9 @@ def position_reach(cfg, samples) -> dict:
               "(a smaller rope_theta or wider h/w sections help a model trained from scratch)")] if weak else []
     out["slowest"] = float(inv_freq(t.head_dim, t.rope_theta)[-1])  # rad per token
     if out["slowest"] > FAST_ONLY:
-        notes.append(f"even the slowest frequency turns {out['slowest']:.2g} rad per token: attention can find a "
-                     "token by content only at a fixed distance, so lookups at a varying distance (a word copied from "
-                     "the question, a picture's token from an answer) are hard to learn (a larger rope_theta keeps "
-                     "slow frequencies)")
+        notes.append(f"even the slowest frequency turns {out['slowest']:.2g} rad per token: lookups by content at a "
+                     "varying distance (a word copied from the question, a picture's token from an answer) are "
+                     "slower to learn (a larger rope_theta keeps slow frequencies)")
     out["note"] = "; ".join(notes) or None
     return out
 
