@@ -97,6 +97,25 @@ def test_plan_bins_respects_capacity_and_is_deterministic():
         plan_bins([600], 512)
 
 
+def test_training_bins_mix_sample_lengths():
+    """Training bins are random mixes: with two kinds of samples (short and long, e.g. two tasks), most bins hold
+    both. Packing by length instead makes each bin one kind, so every step would train one task."""
+    from qwenvl.train.trainer import BinStream
+
+    counts = [60 if i % 2 else 110 for i in range(400)]  # two "tasks" of different lengths
+    kind = lambda i: counts[i]  # noqa: E731
+
+    def mixed_share(stream):
+        bins = stream.plan(0)
+        assert sorted(i for b in bins for i in b) == list(range(400))
+        assert all(sum(counts[i] for i in b) <= 1024 for b in bins)
+        return sum(len({kind(i) for i in b}) == 2 for b in bins) / len(bins)
+
+    assert mixed_share(BinStream(counts, 1024, seed=0, epochs=1)) > 0.9
+    assert mixed_share(BinStream(counts, 1024, seed=0, epochs=1, mixed=False)) < 0.2
+    assert BinStream(counts, 1024, seed=0, epochs=1).plan(0) == BinStream(counts, 1024, seed=0, epochs=1).plan(0)
+
+
 def test_sft_stage_freezes_the_vision_tower(setup, tmp_path):
     from qwenvl.train.trainer import Trainer
 

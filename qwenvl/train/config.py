@@ -51,6 +51,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     # data
     pack_length: int = 8192
+    pack_by_length: bool = False  # pack same-length samples together (tightest bins) instead of a random mix per bin
     min_pixels: int | None = None
     max_pixels: int | None = None
     fps: float | None = None

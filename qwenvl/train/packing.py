@@ -1,7 +1,9 @@
 """Packing samples into fixed-budget sequences, and the loss that does not depend on how they were packed.
 
 - `plan_bins` groups sample indices into bins whose true token counts (text + visual tokens) fit the budget
-  (first-fit decreasing, deterministic), so each bin is one forward pass of at most `capacity` tokens.
+  (first fit, deterministic), so each bin is one forward pass of at most `capacity` tokens. Training packs in the
+  shuffled order, so every bin is a random mix of samples; sorting by size first packs tighter but makes each bin
+  a run of same-length samples (in mixed data: one task per step), which stalled learning (docs/training.md).
 - `collate` concatenates a bin: input ids, labels shifted *within* each sample (the last token of one sample never
   predicts the first of the next), each sample's own MRoPE positions, `segments` for per-sample attention in the
   language model (the vision tower already attends per image / frame group), and the media tensors in order.
@@ -21,15 +23,18 @@ from torch.utils.checkpoint import checkpoint
 from .types import IGNORE, TrainSample
 
 
-def plan_bins(token_counts: list[int], capacity: int, order: list[int] | None = None) -> list[list[int]]:
-    """Indices grouped into bins of total tokens <= capacity (first-fit decreasing; ties keep `order`)."""
+def plan_bins(token_counts: list[int], capacity: int, order: list[int] | None = None,
+              decreasing: bool = True) -> list[list[int]]:
+    """Indices grouped into bins of total tokens <= capacity: first fit, over `order` sorted by decreasing size
+    (tightest; ties keep `order`) or over `order` as given (`decreasing=False`: each bin a random mix when `order`
+    is shuffled, instead of a run of same-length samples)."""
     order = list(range(len(token_counts))) if order is None else list(order)
     too_long = [i for i in order if token_counts[i] > capacity]
     if too_long:
         i = too_long[0]
         raise ValueError(f"sample {i} has {token_counts[i]} tokens, more than the packing length {capacity}; raise "
                          f"pack_length or lower max_pixels / fps for it ({len(too_long)} such samples)")
-    ranked = sorted(order, key=lambda i: -token_counts[i])  # stable: equal sizes keep the given order
+    ranked = sorted(order, key=lambda i: -token_counts[i]) if decreasing else order  # sorted is stable
     bins: list[list[int]] = []
     room: list[int] = []
     for i in ranked:
