@@ -97,6 +97,31 @@ def test_plan_bins_respects_capacity_and_is_deterministic():
         plan_bins([600], 512)
 
 
+def test_plan_bins_is_plain_first_fit():
+    """Skipping full bins is only a speed-up: placements equal a naive first fit over every bin."""
+    import random
+
+    def naive(counts, cap, order):
+        bins, room = [], []
+        for i in order:
+            b = next((b for b, r in enumerate(room) if counts[i] <= r), None)
+            if b is None:
+                bins.append([i])
+                room.append(cap - counts[i])
+            else:
+                bins[b].append(i)
+                room[b] -= counts[i]
+        return bins
+
+    rng = random.Random(0)
+    for _ in range(20):
+        counts = [rng.randint(1, 700) for _ in range(rng.randint(1, 800))]
+        order = rng.sample(range(len(counts)), len(counts))
+        assert plan_bins(counts, 1024, order, decreasing=False) == naive(counts, 1024, order)
+        ranked = sorted(order, key=lambda i: -counts[i])
+        assert plan_bins(counts, 1024, order) == naive(counts, 1024, ranked)
+
+
 def test_training_bins_mix_sample_lengths():
     """Training bins are random mixes: with two kinds of samples (short and long, e.g. two tasks), most bins hold
     both. Packing by length instead makes each bin one kind, so every step would train one task."""

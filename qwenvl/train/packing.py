@@ -35,18 +35,24 @@ def plan_bins(token_counts: list[int], capacity: int, order: list[int] | None = 
         raise ValueError(f"sample {i} has {token_counts[i]} tokens, more than the packing length {capacity}; raise "
                          f"pack_length or lower max_pixels / fps for it ({len(too_long)} such samples)")
     ranked = sorted(order, key=lambda i: -token_counts[i]) if decreasing else order  # sorted is stable
+    smallest = min((token_counts[i] for i in order), default=0)
     bins: list[list[int]] = []
     room: list[int] = []
+    open_bins: list[int] = []  # bins that can still take the smallest sample, in creation order
     for i in ranked:
         n = token_counts[i]
-        for b, r in enumerate(room):
-            if n <= r:
+        for k, b in enumerate(open_bins):
+            if n <= room[b]:
                 bins[b].append(i)
                 room[b] -= n
+                if room[b] < smallest:  # full: skipping it changes no placement, only the scan's length
+                    del open_bins[k]
                 break
         else:
             bins.append([i])
             room.append(capacity - n)
+            if room[-1] >= smallest:
+                open_bins.append(len(bins) - 1)
     return bins
 
 
