@@ -137,7 +137,7 @@ def test_training_bins_mix_sample_lengths():
         return sum(len({kind(i) for i in b}) == 2 for b in bins) / len(bins)
 
     assert mixed_share(BinStream(counts, 1024, seed=0, epochs=1)) > 0.9
-    assert mixed_share(BinStream(counts, 1024, seed=0, epochs=1, mixed=False)) < 0.2
+    assert mixed_share(BinStream(counts, 1024, seed=0, epochs=1, by_length=True)) < 0.2
     assert BinStream(counts, 1024, seed=0, epochs=1).plan(0) == BinStream(counts, 1024, seed=0, epochs=1).plan(0)
 
 

@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class BinStream:
-    """Deterministic sequence of bins (lists of sample indices) over epochs; `mixed`: each bin a random mix of
-    samples (first fit in a seeded shuffle), else runs of same-length samples (first-fit decreasing, tighter)."""
+    """Deterministic sequence of bins (lists of sample indices) over epochs: each bin a random mix of samples (first
+    fit in a seeded shuffle), or with `by_length` runs of same-length samples (first-fit decreasing, tighter)."""
 
-    def __init__(self, counts: list[int], capacity: int, seed: int, epochs: float, mixed: bool = True):
-        self.counts, self.capacity, self.seed, self.mixed = counts, capacity, seed, mixed
+    def __init__(self, counts: list[int], capacity: int, seed: int, epochs: float, by_length: bool = False):
+        self.counts, self.capacity, self.seed, self.by_length = counts, capacity, seed, by_length
         self.full_epochs = int(math.floor(epochs))
         self.frac = epochs - self.full_epochs
         self._plans: dict[int, list[list[int]]] = {}
@@ -44,7 +44,7 @@ class BinStream:
         if epoch not in self._plans:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(len(self.counts), generator=g).tolist()
-            bins = plan_bins(self.counts, self.capacity, order, decreasing=not self.mixed)
+            bins = plan_bins(self.counts, self.capacity, order, decreasing=self.by_length)
             perm = torch.randperm(len(bins), generator=g).tolist()
             self._plans[epoch] = [bins[i] for i in perm]
         return self._plans[epoch]
@@ -117,7 +117,7 @@ class Trainer:
             if self.eval_n == 0:
                 raise ValueError(f"no usable held-out records in {cfg.eval_data}")
         counts = token_counts(self.data, cfg.num_workers)
-        self.stream = BinStream(counts, cfg.pack_length, cfg.seed, cfg.epochs, mixed=not cfg.pack_by_length)
+        self.stream = BinStream(counts, cfg.pack_length, cfg.seed, cfg.epochs, by_length=cfg.pack_by_length)
         self.group = cfg.grad_accum * self.dist.world
         self.total_steps = cfg.max_steps or max(1, self.stream.total // self.group)
         self.planned_steps = self.total_steps  # what the data allows; a time budget fits total_steps below it
