@@ -4,7 +4,7 @@
 #      while the synthetic data for the embedded model is generated on the other cores;
 #   2. the embedded model trained from scratch on the GPU under a time budget (scripts/train_embedded.sh);
 #   3. the bf16 weights + tokenizer + metrics packed as $OUT/emb.tgz.* (split below the 16 MiB return limit).
-# Env: N_TRAIN, BUDGET_MIN, PACK, LR. Needs PyAV (carried as a wheel; see docs/embedded-model.md).
+# Env: BUDGET_MIN (both stages), PACK. Needs PyAV (carried as a wheel; see docs/embedded-model.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -19,8 +19,7 @@ W=$(( N > 3 ? N - 2 : 1 ))
 { lscpu | grep -E "Model name|^CPU\(s\)"; grep -o -m1 -w "amx_bf16\|avx512_bf16" /proc/cpuinfo | sort -u;
   df -h /dev/shm; nvidia-smi --query-gpu=name,memory.total --format=csv; $PY -c "import torch; print('torch', torch.__version__)"; } \
   > "$OUT/machine.txt" 2>&1
-pin 2-$((N - 1)) $PY -m qwenvl.synth.embedded prepare --out $E --n-train "${N_TRAIN:-60000}" \
-  --n-heldout 200 --levels "${LEVELS:-0:0.3,1:0.4,2:0.3}" --workers $W > "$OUT/prepare.log" 2>&1 &
+DATA_ONLY=1 PYTHON=$PY GEN_WORKERS=$W pin 2-$((N - 1)) bash scripts/train_embedded.sh $E > "$OUT/prepare.log" 2>&1 &
 prep=$!
 CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 pin 0,1 timeout "${BENCH_S:-150}" $PY bench/train.py --sizes 6m \
   --modes fp32,bf16 --steps 3 --profile --out "$OUT/bench-train-2core.json" > "$OUT/bench.log" 2>&1
@@ -30,18 +29,18 @@ left=$(( TOTAL_S - ($(date +%s) - T0) - 60 ))  # 60 s: start-up, export and pack
 BUDGET=${BUDGET_MIN:-$(python3 -c "print(round(max(0.5, $left / 60), 2))")}
 echo "training budget $BUDGET min" >> "$OUT/prepare.log"
 train() { PYTHON=$PY DEVICE=${DEVICE:-cuda} AUTOCAST=${AUTOCAST:-bfloat16} PACK="${PACK:-16384}" WORKERS=$1 \
-  BUDGET_MIN=$2 LR="${LR:-1.5e-3}" bash scripts/train_embedded.sh $E >> "$OUT/train.log" 2>&1; }
+  BUDGET_MIN=$2 bash scripts/train_embedded.sh $E >> "$OUT/train.log" 2>&1; }
 train $W "$BUDGET"; rc=$?
 echo "train rc=$rc" >> "$OUT/train.log"
 if [ $rc -ne 0 ]; then  # e.g. a small /dev/shm: once more without loader processes, in what time is left
-  rm -rf $E/train; left=$(( TOTAL_S - ($(date +%s) - T0) - 45 ))
+  rm -rf $E/a $E/b; left=$(( TOTAL_S - ($(date +%s) - T0) - 45 ))
   [ $left -gt 40 ] && { train 0 "$(python3 -c "print(round($left / 60, 2))")"; echo "retry rc=$?" >> "$OUT/train.log"; }
 fi
 $PY - <<'PY'
 import shutil, torch
 from pathlib import Path
 from safetensors.torch import load_file, save_file
-src, dst = Path("/tmp/emb/train/export"), Path("/tmp/pkg/embedded")
+src, dst = Path("/tmp/emb/b/export"), Path("/tmp/pkg/embedded")
 dst.mkdir(parents=True, exist_ok=True)
 sd = {}
 for f in sorted(src.glob("*.safetensors")):
@@ -51,7 +50,8 @@ save_file({k: v.to(torch.bfloat16).contiguous() for k, v in sd.items()}, dst / "
 for f in src.iterdir():
     if not f.name.endswith((".safetensors", ".json.index")) and f.is_file() and "index" not in f.name:
         shutil.copy(f, dst / f.name)
-shutil.copy("/tmp/emb/train/metrics.jsonl", "/tmp/pkg/metrics.jsonl")
+shutil.copy("/tmp/emb/a/metrics.jsonl", "/tmp/pkg/metrics-a.jsonl")
+shutil.copy("/tmp/emb/b/metrics.jsonl", "/tmp/pkg/metrics-b.jsonl")
 PY
 echo "pack rc=$?" >> "$OUT/train.log"
 tar czf - -C /tmp pkg | split -b 15M - "$OUT/emb.tgz."

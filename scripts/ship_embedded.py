@@ -1,6 +1,6 @@
 """Put a trained checkpoint into the package as the embedded default model (qwenvl/embedded/).
 
-    .venv/bin/python scripts/ship_embedded.py runs/emb2/train/export --heldout runs/emb2/data/heldout-c0.jsonl
+    .venv/bin/python scripts/ship_embedded.py runs/embedded/b/export --heldout runs/embedded/data/heldout-c1.jsonl --objects 2
 
 Writes bf16 `model.safetensors` (HF names), config.json (torch_dtype bfloat16), generation_config.json and the
 tokenizer files, and the bundled example: the first held-out `count` record with `--objects` shapes

@@ -1,5 +1,5 @@
-"""The shipped embedded default model: it is in the package (and its wheel), loads with no path, answers a held-out
-counting example (regenerated here from the held-out split's seed), and runs the main job end to end.
+"""The shipped embedded default model: it is in the package (and its wheel), loads with no path, answers held-out
+grounding and counting examples (regenerated here from the held-out split's seed), and runs the main job end to end.
 Its held-out scores, and the targets it still misses, are in docs/embedded-model.md."""
 import json
 import subprocess
@@ -13,7 +13,10 @@ import qwenvl
 from qwenvl import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
-HELDOUT_SEED = 1  # scripts/train_embedded.sh / docs/embedded-model.md: prepare --seed 1, curriculum level 0
+HELDOUT_SEED = 1  # scripts/train_embedded.sh / docs/embedded-model.md: the report's heldout-c0 (seed 1, level 0)
+# what the shipped model scored on the first 10 records of heldout-c0 per task when it was shipped (greedy, bf16)
+SHIPPED_SCORES = {"refer": 5, "point": 9, "count": 9}
+SLACK = 1  # one miss of slack for numerics across machines
 
 
 @pytest.fixture(scope="module")
@@ -44,26 +47,6 @@ def test_wheel_carries_the_model(tmp_path):
         assert f"qwenvl/embedded/{f}" in names
 
 
-def _heldout(tmp_path, task: str, index: int) -> dict:
-    from qwenvl.synth.build import build_dataset
-
-    recs = build_dataset(tmp_path / task, n_per_task={task: index + 1}, split="heldout", seed=HELDOUT_SEED,
-                         curriculum=0)
-    rec = recs[index]
-    for part in rec["messages"][0]["content"]:
-        if part.get("type") == "image":
-            part["image"] = str(tmp_path / task / part["image"])
-    return rec
-
-
-def test_heldout_counting_example(vlm, tmp_path):
-    from qwenvl.tasks import parse_count
-
-    rec = _heldout(tmp_path, "count", 0)  # curriculum 0: a one-shape scene
-    g = vlm.generate(rec["messages"][:-1], max_new_tokens=160, temperature=0)
-    assert parse_count(g.text) == rec["meta"]["count"], g.text
-
-
 def test_main_job_runs_the_embedded_model_on_the_bundled_example(tmp_path):
     """The README's main job end to end: a parsed answer on stdout, the annotated picture, the check line."""
     out = tmp_path / "demo.png"
@@ -75,3 +58,30 @@ def test_main_job_runs_the_embedded_model_on_the_bundled_example(tmp_path):
     assert "check against the example's known objects" in r.stderr
     from PIL import Image
     assert Image.open(out).size == Image.open(embedded.EXAMPLE).size
+
+
+def _heldout_records(tmp_path, task: str, n: int) -> list[dict]:
+    from qwenvl.synth.build import build_dataset
+
+    recs = build_dataset(tmp_path / task, n_per_task={task: n}, split="heldout", seed=HELDOUT_SEED, curriculum=0)
+    for rec in recs:
+        for part in rec["messages"][0]["content"]:
+            if part.get("type") == "image":
+                part["image"] = str(tmp_path / task / part["image"])
+    return recs
+
+
+@pytest.mark.parametrize("task", ["refer", "point", "count"])
+def test_heldout_grounding_and_counting_examples(vlm, tmp_path, task):
+    """Held-out grounding answered in the picture's own pixels (`refer`: the box at IoU >= 0.5 with the target;
+    `point`: inside the target's box) and counting (`count`: the number, after the boxes), over the first 10
+    one-shape records of the report's held-out split (heldout-c0, regenerated here from its seed). The shipped
+    model scores SHIPPED_SCORES of 10 there (docs/embedded-model.md); the test asks for that less SLACK, so a
+    regression in the model, the processor or the coordinate mapping fails it."""
+    least = SHIPPED_SCORES[task] - SLACK
+    from qwenvl.synth.evaluate import score
+
+    recs = _heldout_records(tmp_path, task, 10)
+    answers = [vlm.generate(r["messages"][:-1], max_new_tokens=160, temperature=0).text for r in recs]
+    hits = [score(r, a)[0] for r, a in zip(recs, answers)]
+    assert sum(hits) >= least, list(zip(hits, answers))

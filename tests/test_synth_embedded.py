@@ -27,3 +27,33 @@ def test_init_checkpoint_has_the_budgeted_shape_and_runs(tmp_path):
     assert g.usage.completion_tokens <= 3
     norms = [p for n_, p in vlm.model.named_parameters() if n_.endswith("norm.weight")]
     assert norms and all(torch.all(p == 1) for p in norms)
+
+
+def test_init_command_with_a_tokenizer_or_a_corpus(tmp_path, capsys):
+    """`python -m qwenvl.synth.embedded init`: the from-scratch checkpoint from an existing tokenizer (what
+    scripts/train_embedded.sh does with the package's), or from a tokenizer trained on synthetic JSONL."""
+    import json
+
+    import pytest
+
+    from qwenvl.synth.build import build_dataset
+    from qwenvl.synth.embedded import main
+
+    text = "Locate the red circle and output its bbox coordinates in JSON format. " * 40
+    save_tokenizer(train_tokenizer([text], vocab_size=400, min_frequency=1), tmp_path / "tok")
+    main(["init", "--out", str(tmp_path / "a" / "init"), "--tokenizer", str(tmp_path / "tok"), "--seed", "3"])
+    assert json.loads(capsys.readouterr().out)["init"] == str(tmp_path / "a" / "init")
+    assert (tmp_path / "a" / "init" / "tokenizer.json").read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()
+    a = qwenvl.load(tmp_path / "a" / "init", dtype=torch.float32, pack=False)
+    assert a.generate([{"role": "user", "content": "the red circle"}], max_new_tokens=2).usage.completion_tokens <= 2
+
+    build_dataset(tmp_path / "d", n_per_task={"refer": 4, "count": 4}, split="train", seed=0, curriculum=0)
+    main(["init", "--out", str(tmp_path / "b" / "init"), "--corpus", str(tmp_path / "d" / "train.jsonl"),
+          "--vocab-size", "300"])
+    assert (tmp_path / "b" / "tokenizer" / "tokenizer.json").is_file()
+    b = qwenvl.load(tmp_path / "b" / "init", dtype=torch.float32, pack=False)
+    ids = b.processor.tokenizer.encode("Locate the red circle")
+    assert 0 < len(ids) < len("Locate the red circle")  # merges learned from the records' text
+
+    with pytest.raises(SystemExit, match="tokenizer.json"):
+        main(["init", "--out", str(tmp_path / "c"), "--tokenizer", str(tmp_path / "nothing-here")])

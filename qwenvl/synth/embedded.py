@@ -146,8 +146,41 @@ def main(argv=None) -> None:
     p.add_argument("--levels", help="curriculum mix as LEVEL:SHARE pairs, e.g. 0:0.25,1:0.35,2:0.4 "
                    "(default: all records at --curriculum)")
     p.add_argument("--workers", type=int, default=1)
+    i = sub.add_parser("init", help="only the from-scratch checkpoint: with an existing tokenizer, or one trained "
+                       "on the text of synthetic JSONL files")
+    i.add_argument("--out", required=True, help="checkpoint directory to write")
+    src = i.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tokenizer", help="directory holding tokenizer.json + tokenizer_config.json "
+                     "(e.g. qwenvl/embedded)")
+    src.add_argument("--corpus", nargs="+", help="synthetic JSONL files whose prompts and answers train a new "
+                     "tokenizer (written to OUT/../tokenizer)")
+    i.add_argument("--vocab-size", type=int, default=2048)
+    i.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.cmd == "init":
+        out = Path(args.out)
+        if args.tokenizer:
+            tok_dir = Path(args.tokenizer)
+            missing = [f for f in ("tokenizer.json", "tokenizer_config.json") if not (tok_dir / f).is_file()]
+            if missing:
+                raise SystemExit(f"--tokenizer {tok_dir}: {', '.join(missing)} not found; pass a directory "
+                                 "holding a trained tokenizer, or --corpus JSONL... to train one")
+            init_checkpoint(out, tok_dir, seed=args.seed)
+        else:
+            records = []
+            for f in args.corpus:
+                records += [json.loads(x) for x in Path(f).read_text().splitlines() if x.strip()]
+            if not records:
+                raise SystemExit(f"--corpus {' '.join(args.corpus)}: no records; pass synthetic JSONL files")
+            from .build import corpus_text
+            from .tokenizer import save_tokenizer, train_tokenizer
+
+            tok_dir = save_tokenizer(train_tokenizer(corpus_text(records), vocab_size=args.vocab_size),
+                                     out.parent / "tokenizer")
+            init_checkpoint(out, tok_dir, seed=args.seed)
+        print(json.dumps({"init": str(out)}))
+        return
     info = prepare(Path(args.out), args.n_train, args.n_heldout, args.seed, args.curriculum, args.vocab_size,
                    args.workers, args.levels)
     print(json.dumps(info))
