@@ -121,16 +121,17 @@ def prepare(out: Path, n_train: int, n_heldout: int, seed: int = 0, curriculum: 
         build_dataset(data, n_per_task=max(1, n_heldout // 10), split="heldout", seed=lvl_seed, curriculum=lvl,
                       workers=workers, file_name=f"heldout-c{lvl}")
         files.append(str(data / f"train-c{lvl}.jsonl"))
-    tokenizer_and_init(out, corpus_text(train), vocab_size=vocab_size, seed=seed)
+    tokenizer_and_init(out / "init", corpus_text(train), vocab_size=vocab_size, seed=seed)
     return {"train": len(train), "files": files, "init": str(out / "init")}
 
 
-def tokenizer_and_init(out: Path, corpus: str, vocab_size: int = 2048, seed: int = 0) -> Path:
+def tokenizer_and_init(init_dir: Path, corpus: str, vocab_size: int = 2048, seed: int = 0) -> Path:
+    """A tokenizer trained on `corpus` (written beside the checkpoint, in init_dir/../tokenizer), then the
+    from-scratch checkpoint in init_dir."""
     from .tokenizer import save_tokenizer, train_tokenizer
 
-    tok = train_tokenizer(corpus, vocab_size=vocab_size)
-    save_tokenizer(tok, out / "tokenizer")
-    return init_checkpoint(out / "init", out / "tokenizer", seed=seed)
+    tok_dir = save_tokenizer(train_tokenizer(corpus, vocab_size=vocab_size), init_dir.parent / "tokenizer")
+    return init_checkpoint(init_dir, tok_dir, seed=seed)
 
 
 def main(argv=None) -> None:
@@ -174,11 +175,8 @@ def main(argv=None) -> None:
             if not records:
                 raise SystemExit(f"--corpus {' '.join(args.corpus)}: no records; pass synthetic JSONL files")
             from .build import corpus_text
-            from .tokenizer import save_tokenizer, train_tokenizer
 
-            tok_dir = save_tokenizer(train_tokenizer(corpus_text(records), vocab_size=args.vocab_size),
-                                     out.parent / "tokenizer")
-            init_checkpoint(out, tok_dir, seed=args.seed)
+            tokenizer_and_init(out, corpus_text(records), vocab_size=args.vocab_size, seed=args.seed)
         print(json.dumps({"init": str(out)}))
         return
     info = prepare(Path(args.out), args.n_train, args.n_heldout, args.seed, args.curriculum, args.vocab_size,
