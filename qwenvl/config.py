@@ -73,6 +73,9 @@ class QwenVLConfig:
     vision_end_token_id: int | None = None
     tie_word_embeddings: bool = False
     torch_dtype: str | None = None
+    # "absolute" (Qwen2.5-VL: a video's temporal ids follow seconds) or "frame_index" (the Qwen2-VL ablation,
+    # issue 7's claim test); stored as `qwenvl_time_positions` in config.json only when not absolute
+    time_positions: str = "absolute"
     extra: dict = field(default_factory=dict, compare=False, repr=False)  # unknown keys, written back on save
 
     # ---------------------------------------------------------------- construction
@@ -153,13 +156,15 @@ class QwenVLConfig:
             raise ConfigError("config.json is missing required keys: " + ", ".join(missing))
         vc["fullatt_block_indexes"] = tuple(vc["fullatt_block_indexes"])
         known = set(tc) | {"text_config", "vision_config", "rope_scaling", "rope_parameters", "model_type",
-                           "tie_word_embeddings", "torch_dtype", "dtype", "vision_end_token_id", *ids}
+                           "tie_word_embeddings", "torch_dtype", "dtype", "vision_end_token_id",
+                           "qwenvl_time_positions", *ids}
         config = cls(
             vision=VisionConfig(**vc),
             text=TextConfig(**tc),
             vision_end_token_id=text.get("vision_end_token_id"),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
             torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype") or text.get("torch_dtype"),
+            time_positions=cfg.get("qwenvl_time_positions", "absolute"),
             extra={k: v for k, v in cfg.items() if k not in known},
             **ids,
         )
@@ -194,6 +199,8 @@ class QwenVLConfig:
             problems.append("vision window_size must be a multiple of patch_size*spatial_merge_size")
         if any(not 0 <= i for i in v.fullatt_block_indexes):
             problems.append("fullatt_block_indexes must be non-negative")
+        if self.time_positions not in ("absolute", "frame_index"):
+            problems.append(f"qwenvl_time_positions must be 'absolute' or 'frame_index', got {self.time_positions!r}")
         if problems:
             raise ConfigError("invalid Qwen2.5-VL config: " + "; ".join(problems))
 
@@ -227,6 +234,8 @@ class QwenVLConfig:
             out["vision_end_token_id"] = self.vision_end_token_id
         if self.torch_dtype is not None:
             out["torch_dtype"] = self.torch_dtype
+        if self.time_positions != "absolute":
+            out["qwenvl_time_positions"] = self.time_positions
         return out
 
     def replace(self, **changes) -> "QwenVLConfig":

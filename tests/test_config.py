@@ -41,6 +41,16 @@ def test_unknown_keys_are_kept_and_ignored(flat):
     assert QwenVLConfig.from_hf(cfg.to_hf()) == cfg
 
 
+def test_time_positions_round_trip_and_validation(flat):
+    assert QwenVLConfig.from_hf(flat).time_positions == "absolute"
+    assert "qwenvl_time_positions" not in QwenVLConfig.from_hf(flat).to_hf()  # HF layout untouched by default
+    cfg = QwenVLConfig.from_hf({**flat, "qwenvl_time_positions": "frame_index"})
+    assert cfg.time_positions == "frame_index" and "qwenvl_time_positions" not in cfg.extra
+    assert QwenVLConfig.from_hf(cfg.to_hf()) == cfg
+    with pytest.raises(ConfigError, match="qwenvl_time_positions must be 'absolute' or 'frame_index'"):
+        QwenVLConfig.from_hf({**flat, "qwenvl_time_positions": "frames"})
+
+
 @pytest.mark.parametrize("key", ["hidden_size", "rms_norm_eps", "image_token_id", "rope_scaling"])
 def test_missing_required_key_is_named(flat, key):
     bad = {k: v for k, v in flat.items() if k != key}

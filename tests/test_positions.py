@@ -31,6 +31,21 @@ def test_video_temporal_ids_use_absolute_time():
     assert pos[0, 0, 7].item() == 1 + 93 + 1
 
 
+def test_frame_index_ablation_ignores_the_sampling_rate():
+    """time_positions: frame_index (the Qwen2-VL scheme, issue 7's claim test): t ids are 0..t-1 for any s;
+    images and text are unchanged."""
+    grid = [6, 2, 2]
+    ids = torch.tensor([[10] + [13] * 6 + [11] + [10] + [12] * 4 + [11]])
+    for s in (0.5, 1.0, 9.375):
+        pos, _ = positions.get_rope_index(ids, image_grid_thw=[[1, 4, 4]], video_grid_thw=[grid],
+                                          second_per_grid_ts=[s], frame_index=True, **IDS)
+        assert [x - 1 for x in pos[0, 0, 1:7].tolist()] == [0, 1, 2, 3, 4, 5]
+        assert pos[0, 0, 7].item() == 1 + 5 + 1
+    ref, _ = positions.get_rope_index(ids, image_grid_thw=[[1, 4, 4]], video_grid_thw=[grid],
+                                      second_per_grid_ts=[0.5], **IDS)
+    assert torch.equal(pos[:, :, 8:], ref[:, :, 8:] - ref[0, 0, 7] + pos[0, 0, 7])  # image block: same shape
+
+
 def test_text_only_with_left_padding():
     ids = torch.tensor([[0, 0, 5, 6, 7], [5, 6, 7, 8, 9]])
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])

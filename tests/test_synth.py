@@ -280,6 +280,25 @@ def test_one_size_and_max_side(tmp_path, capsys):
         assert bad[0] in capsys.readouterr().err
 
 
+def test_named_files_in_one_folder_keep_their_own_media(tmp_path):
+    """Two builds into one folder with the same seed but other settings (picture size, video fps) must not
+    overwrite each other's pictures: a named file's media live under media/<name>/."""
+    from PIL import Image
+
+    for side in (112, 224):
+        assert main(["--out", str(tmp_path), "--n", "2", "--tasks", "refer", "--split", "heldout", "--seed", "3",
+                     "--image-size", str(side), str(side), "--name", f"h{side}"]) == 0
+    for side in (112, 224):
+        for line in (tmp_path / f"h{side}.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            img = r["messages"][0]["content"][1]["image"]
+            assert img.startswith(f"media/h{side}/refer/")
+            assert Image.open(tmp_path / img).size == (side, side) and r["meta"]["original"] == [side, side]
+    assert main(["--out", str(tmp_path), "--n", "1", "--tasks", "refer"]) == 0  # unnamed: media/<split>/
+    assert json.loads((tmp_path / "train.jsonl").read_text())["messages"][0]["content"][1]["image"].startswith(
+        "media/train/refer/")
+
+
 def test_small_max_pixels_resizes_labels(tmp_path):
     """With a pixel cap below the image area the model frame is smaller than the image: labels still land
     inside it and map back to the ground truth within one model pixel."""

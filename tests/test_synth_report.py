@@ -94,9 +94,11 @@ def test_report_command_end_to_end(data, tmp_path):
         runs.append(p)
     notes = tmp_path / "notes.md"
     notes.write_text("Run 1: lr 1e-3, curriculum 0.\n")
+    claim = tmp_path / "claim.md"
+    claim.write_text("#### A claim\n\n| x | y |\n|---|---|\n| 1 | 2 |\n")
     out = tmp_path / "docs" / "report.md"
     argv = ["-m", str(ckpt), "--heldout", str(d / "heldout.jsonl"), "--per-task", "1", "--max-new-tokens", "6",
-            "--metrics", str(runs[0]), "--metrics", str(runs[1]), "--notes", str(notes), "--out", str(out),
+            "--metrics", str(runs[0]), "--metrics", str(runs[1]), "--notes", str(notes), "--claims", str(claim), "--out", str(out),
             "--json", str(tmp_path / "r.json")]
     assert main(argv) == 0
     text = out.read_text()
@@ -105,6 +107,7 @@ def test_report_command_end_to_end(data, tmp_path):
                 "| OCR exact match |", "| Document edit distance", "| Temporal mIoU |", "| Click accuracy |"):
         assert row in text, row
     assert "missed by" in text and "Run 1: lr 1e-3, curriculum 0." in text
+    assert "## The report's claims in miniature\n\n#### A claim\n\n| x | y |" in text
     assert "### Run 2:" in text and "| 31–" in text
     assert (tmp_path / "docs" / "report-curve.png").stat().st_size > 0
     first = json.loads((tmp_path / "r.json").read_text())

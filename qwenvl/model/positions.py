@@ -90,12 +90,15 @@ def get_rope_index(
     vision_start_token_id: int,
     spatial_merge_size: int = 2,
     tokens_per_second: float = 2,
+    frame_index: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MRoPE position ids (3, B, T) int64 and rope deltas (B, 1) int64 (reference semantics, §6.1).
 
     Text tokens get t = h = w = running index; a vision block of llm grid (t, h/2, w/2) gets
     (trunc(k * s * tokens_per_second), row, col) + base, with s = seconds per temporal patch (0 for images).
     Image/video counters run across the batch. Padded slots get 1; delta = max + 1 - padded length.
+    `frame_index=True` is the Qwen2-VL ablation (a config's `time_positions: frame_index`): a video's temporal
+    id is its temporal patch index k, whatever the sampling rate.
     """
     B, T = input_ids.shape
     images, videos = _grids(image_grid_thw), _grids(video_grid_thw)
@@ -137,6 +140,8 @@ def get_rope_index(
             # temporal ids: float32 multiply then truncation, exactly as the reference
             tt = (torch.arange(t, dtype=torch.float32) * torch.tensor(s, dtype=torch.float32)
                   * torch.tensor(tokens_per_second, dtype=torch.float32)).long()
+            if frame_index and s > 0:
+                tt = torch.arange(t, dtype=torch.int64)
             t_idx = tt.view(t, 1, 1).expand(t, gh, gw).reshape(-1)
             h_idx = torch.arange(gh).view(1, gh, 1).expand(t, gh, gw).reshape(-1)
             w_idx = torch.arange(gw).view(1, 1, gw).expand(t, gh, gw).reshape(-1)

@@ -46,7 +46,7 @@ class QwenVL(nn.Module):
             input_ids.cpu(), None if attention_mask is None else attention_mask.cpu(), image_grid_thw, video_grid_thw,
             second_per_grid_ts, image_token_id=c.image_token_id, video_token_id=c.video_token_id,
             vision_start_token_id=c.vision_start_token_id, spatial_merge_size=c.vision.spatial_merge_size,
-            tokens_per_second=c.vision.tokens_per_second)
+            tokens_per_second=c.vision.tokens_per_second, frame_index=c.time_positions == "frame_index")
         return pos.to(input_ids.device), delta.to(input_ids.device)
 
     def embed(self, input_ids, pixel_values=None, image_grid_thw=None, pixel_values_videos=None,

@@ -55,10 +55,11 @@ class Ctx:
     max_pixels: int = DEFAULT_MAX_PIXELS
     video_format: str = "mp4"  # "mp4" or "frames" (a list of PNG frames sampled at the record's fps)
     extra: dict = field(default_factory=dict, compare=False)
+    media_dir: str | None = None  # folder under media/ (default: the split); a named file gets its own
 
     def media(self, task: str, name: str, ext: str) -> tuple[str, Path]:
         """(path relative to out_dir as written in the record, absolute path with its folder created)."""
-        rel = f"media/{self.split}/{task}/{name}.{ext}"
+        rel = f"media/{self.media_dir or self.split}/{task}/{name}.{ext}"
         full = Path(self.out_dir) / rel
         full.parent.mkdir(parents=True, exist_ok=True)
         return rel, full

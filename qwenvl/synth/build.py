@@ -36,7 +36,8 @@ def build_dataset(out_dir: str | os.PathLike, *, n_per_task: Mapping[str, int] |
                   max_pixels: int = DEFAULT_MAX_PIXELS, video_format: str = "mp4", workers: int = 1,
                   extra: Mapping | None = None, file_name: str | None = None, progress: bool = False) -> list[dict]:
     """Generate `n_per_task` records per task (an int for every task, or {task: n}) and write them to
-    `out_dir/<file_name or split>.jsonl` (media paths relative to out_dir). Returns the records (in file order).
+    `out_dir/<file_name or split>.jsonl`, media under `out_dir/media/<file_name or split>/` (paths in the records
+    relative to out_dir). Returns the records (in file order).
     `workers` > 1 renders in that many processes (same output). `extra` goes to Ctx.extra (e.g. video
     "fps_range" / "fps_choices")."""
     if split not in SPLITS:
@@ -50,7 +51,10 @@ def build_dataset(out_dir: str | os.PathLike, *, n_per_task: Mapping[str, int] |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ctx_kw = dict(out_dir=out, split=split, curriculum=int(curriculum), min_pixels=int(min_pixels),
-                  max_pixels=int(max_pixels), video_format=video_format, extra=dict(extra or {}))
+                  max_pixels=int(max_pixels), video_format=video_format, extra=dict(extra or {}),
+                  # a named file keeps its media apart: two builds into one folder (same seed, other settings)
+                  # must not overwrite each other's pictures
+                  media_dir=file_name if file_name and file_name != split else None)
     order = [(t, i) for i in range(max(counts.values(), default=0)) for t in TASKS if i < counts.get(t, 0)]
     jobs = [(t, ctx_kw, seed, i) for t, i in order]
     lines: dict[tuple[str, int], str] = {}

@@ -358,7 +358,8 @@ def _short(s: str, n: int = 160) -> str:
 
 
 def build_report(command: str, model_dir: str, info: str, files: list[tuple[str, list, list]], curve: list[str],
-                 notes: str | None, examples: int = 2, plot: str | None = None) -> str:
+                 notes: str | None, examples: int = 2, plot: str | None = None,
+                 claims: list[str] | None = None) -> str:
     """Markdown from per-file (name, records, observations with answers)."""
     all_obs = [o for _, _, obs in files for o in obs]
     agg = aggregate(all_obs)
@@ -385,6 +386,10 @@ def build_report(command: str, model_dir: str, info: str, files: list[tuple[str,
     L += [""] + curve
     if plot:
         L += [f"![training loss]({plot})", ""]
+    if claims:
+        L += ["## The report's claims in miniature", ""]
+        for part in claims:
+            L += [part.rstrip(), ""]
     if notes:
         L += ["## Notes", "", notes.rstrip(), ""]
     L += ["## Example answers", "", "First records of each task, shortened, fences removed; score = the record's own figure (IoU for "
@@ -423,9 +428,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         png = plot_curve(args.metrics, out.with_name(out.stem + "-curve.png"))
         plot = png.name if png else None
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else None
+    claims = [Path(c).read_text(encoding="utf-8") for c in args.claims or []]
     command = "python -m qwenvl.synth.report " + shlex.join(argv)
     text = build_report(command, model_dir, model_info(Path(vlm.path)), files, curve_section(args.metrics or []),
-                        notes, args.examples, plot)
+                        notes, args.examples, plot, claims)
     out.write_text(text, encoding="utf-8")
     if args.json:
         res = {"overall": aggregate([o for f in files for o in f[2]]),
@@ -445,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-task", type=int, default=None, help="first N records of each task per file (default all)")
     ap.add_argument("--out", default="docs/embedded-model.md")
     ap.add_argument("--notes", default=None, help="markdown included verbatim (run settings)")
+    ap.add_argument("--claims", action="append", default=None, help="markdown of a claim's table (python -m "
+                    "qwenvl.synth.claims table), included verbatim under \"The report's claims\" (repeatable)")
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--dtype", default=None, help="weights dtype (default: the checkpoint's)")

@@ -550,7 +550,7 @@ def _positions(config, input_ids: torch.Tensor, image_grid_thw, video_grid_thw, 
         input_ids.view(1, -1), None, image_grid_thw, video_grid_thw, second_per_grid_ts,
         image_token_id=config.image_token_id, video_token_id=config.video_token_id,
         vision_start_token_id=config.vision_start_token_id, spatial_merge_size=config.vision.spatial_merge_size,
-        tokens_per_second=config.vision.tokens_per_second)
+        tokens_per_second=config.vision.tokens_per_second, frame_index=config.time_positions == "frame_index")
     return pos[:, 0, :].contiguous()
 
 
