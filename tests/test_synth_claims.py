@@ -104,6 +104,9 @@ def test_variant_changes_only_the_setting_under_test(arms, tmp_path):
     assert main(["variant", str(absolute), str(full), "--full-attention"]) == 0
     v = QwenVLConfig.from_file(full).vision
     assert v.fullatt_block_indexes == tuple(range(v.depth)) and v.window_size == a.vision.window_size
+    back = tmp_path / "back"  # and back again: the setting is replaced, not merged into the old file
+    assert main(["variant", str(frame), str(back), "--time-positions", "absolute"]) == 0
+    assert QwenVLConfig.from_file(back) == a and "qwenvl_time_positions" not in (back / "config.json").read_text()
     with pytest.raises(SystemExit, match="exists; remove it"):
         main(["variant", str(absolute), str(full), "--full-attention"])
     with pytest.raises(SystemExit, match="otherwise the copy is the same model"):

@@ -124,9 +124,7 @@ def make_variant(src: str | Path, dst: str | Path, time_positions: str | None = 
         cfg = cfg.replace(vision=replace(cfg.vision, fullatt_block_indexes=tuple(range(cfg.vision.depth))))
     cfg.validate()
     shutil.copytree(src, dst)
-    raw = json.loads((src / "config.json").read_text())
-    raw.update(cfg.to_hf())
-    (dst / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+    (dst / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2) + "\n")  # unknown keys ride in cfg.extra
     return dst
 
 
