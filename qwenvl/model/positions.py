@@ -138,10 +138,11 @@ def get_rope_index(
             text_len = ed - st
             chunks.append(torch.arange(text_len).expand(3, -1) + nxt)
             # temporal ids: float32 multiply then truncation, exactly as the reference
-            tt = (torch.arange(t, dtype=torch.float32) * torch.tensor(s, dtype=torch.float32)
-                  * torch.tensor(tokens_per_second, dtype=torch.float32)).long()
             if frame_index and s > 0:
                 tt = torch.arange(t, dtype=torch.int64)
+            else:
+                tt = (torch.arange(t, dtype=torch.float32) * torch.tensor(s, dtype=torch.float32)
+                      * torch.tensor(tokens_per_second, dtype=torch.float32)).long()
             t_idx = tt.view(t, 1, 1).expand(t, gh, gw).reshape(-1)
             h_idx = torch.arange(gh).view(1, gh, 1).expand(t, gh, gw).reshape(-1)
             w_idx = torch.arange(gw).view(1, 1, gw).expand(t, gh, gw).reshape(-1)

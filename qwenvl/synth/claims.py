@@ -86,22 +86,21 @@ def score_grid(arms: list[tuple[str, str]], data: list[tuple[str, str]], per_tas
     answers under PRIOR when `prior` is given)."""
     import qwenvl
 
+    def row(agg: dict, n: int) -> dict:
+        return {k: v for k, (v, _) in agg.items()} | {"n": n}
+
+    files = [(name, Path(file).parent, select(load_records(file), per_task)) for name, file in data]
     out: dict = {}
     if prior is not None:
-        out[PRIOR] = {}
-        for row, file in data:
-            recs = select(load_records(file), per_task)
-            agg = aggregate([observe(r, prior_answer(r, prior)) for r in recs])
-            out[PRIOR][row] = {k: v for k, (v, _) in agg.items()} | {"n": len(recs)}
+        out[PRIOR] = {name: row(aggregate([observe(r, prior_answer(r, prior)) for r in recs]), len(recs))
+                      for name, _, recs in files}
     for arm, path in arms:
         vlm = qwenvl.load(path)
         out[arm] = {}
-        for row, file in data:
-            recs = select(load_records(file), per_task)
-            gens = generate_answers(vlm, recs, Path(file).parent, max_new_tokens, batch_size)
-            agg = aggregate([observe(r, g.text) for r, g in zip(recs, gens)])
-            out[arm][row] = {k: v for k, (v, _) in agg.items()} | {"n": len(recs)}
-            log.info("%s on %s: %s", arm, row, out[arm][row])
+        for name, base, recs in files:
+            gens = generate_answers(vlm, recs, base, max_new_tokens, batch_size)
+            out[arm][name] = row(aggregate([observe(r, g.text) for r, g in zip(recs, gens)]), len(recs))
+            log.info("%s on %s: %s", arm, name, out[arm][name])
         del vlm
     return out
 
