@@ -6,12 +6,14 @@
 #          (TOKENIZER=train: a new one trained on stage B's corpus)
 #   A      `qwenvl train sft --config configs/embedded.yaml` (40-minute budget; towers at 1/100 of the LM's rate)
 #   B      continued from A's export on the mix (45-minute budget, LR 6e-4); the weights end in OUT_DIR/b/export
+#   C, D   (STAGES=abcd: the shipped model's continuations, docs/embedded-model.md) C: B's mix again, 30 min at
+#          4e-4; D: A's one-size scenes back in the mix, 80 min at 4e-4; the weights end in OUT_DIR/d/export
 #
 #   bash scripts/train_embedded.sh                        # 2 CPU cores: ~1.5 min of data, then 85 min of training
 #   DEVICE=cuda AUTOCAST=bfloat16 BUDGET_MIN=8 bash scripts/train_embedded.sh /tmp/emb
 #   .venv/bin/python scripts/ship_embedded.py runs/embedded/b/export --heldout runs/embedded/data/heldout-c1.jsonl --objects 2
 #
-# Settings (environment): BUDGET_MIN (both stages, split 40:45; or BUDGET_A / BUDGET_B), PACK, WORKERS, GEN_WORKERS, DEVICE,
+# Settings (environment): STAGES (ab, the default, or abcd), BUDGET_MIN (stages A and B, split 40:45; or BUDGET_A / BUDGET_B; BUDGET_C, BUDGET_D), PACK, WORKERS, GEN_WORKERS, DEVICE,
 # AUTOCAST, TOKENIZER (a directory, or "train"), DATA_ONLY=1 (stop after the data), PYTHON. Extra arguments go
 # to both `qwenvl train` calls. A stage whose export exists is skipped (delete OUT_DIR/a or OUT_DIR/b to redo it).
 set -euo pipefail
@@ -74,4 +76,17 @@ if [ ! -f "$OUT_DIR/b/export/config.json" ]; then
       --output-dir "$OUT_DIR/b" --time-budget-min "$BUDGET_B" --lr 6e-4 --set vision_lr=6e-6 --set merger_lr=6e-6 \
       --set "eval_data=[$D/heldout-c0.jsonl,$D/heldout-c1.jsonl]" "${common[@]}" "$@"
 fi
-echo "weights: $OUT_DIR/b/export"
+last=b
+stage() {  # NAME FROM DATA BUDGET LR WARMUP SEED
+  local name=$1 from=$2 data=$3 budget=$4 lr=$5 warm=$6 seed=$7; shift 7
+  [[ "${STAGES:-ab}" == *$name* ]] || return 0
+  last=$name
+  [ -f "$OUT_DIR/$name/export/config.json" ] && return 0
+  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$OUT_DIR/$from/export" --data "[$data]" \
+      --output-dir "$OUT_DIR/$name" --time-budget-min "$budget" --lr "$lr" --warmup-steps "$warm" \
+      --set vision_lr="$($PY -c "print($lr / 100)")" --set merger_lr="$($PY -c "print($lr / 100)")" --set seed="$seed" \
+      --set "eval_data=[$D/heldout-c0.jsonl,$D/heldout-c1.jsonl]" "${common[@]}" "$@"
+}
+stage c b "$mix" "${BUDGET_C:-30}" 4e-4 10 1 "$@"
+stage d c "$D/a/train.jsonl,$mix" "${BUDGET_D:-80}" 4e-4 30 2 "$@"
+echo "weights: $OUT_DIR/$last/export"

@@ -15,7 +15,7 @@ from qwenvl import embedded
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT_SEED = 1  # scripts/train_embedded.sh / docs/embedded-model.md: the report's heldout-c0 (seed 1, level 0)
 # what the shipped model scored on the first 10 records of heldout-c0 per task when it was shipped (greedy, bf16)
-SHIPPED_SCORES = {"refer": 5, "point": 9, "count": 9}
+SHIPPED_SCORES = {"refer": 9, "point": 10, "count": 10}
 SLACK = 1  # one miss of slack for numerics across machines
 
 
