@@ -15,7 +15,7 @@
 #
 # Settings (environment): STAGES (ab, the default, or abcd), BUDGET_MIN (stages A and B, split 40:45; or BUDGET_A / BUDGET_B; BUDGET_C, BUDGET_D), PACK, WORKERS, GEN_WORKERS, DEVICE,
 # AUTOCAST, TOKENIZER (a directory, or "train"), DATA_ONLY=1 (stop after the data), PYTHON. Extra arguments go
-# to both `qwenvl train` calls. A stage whose export exists is skipped (delete OUT_DIR/a or OUT_DIR/b to redo it).
+# to every `qwenvl train` call. A stage whose export exists is skipped (delete OUT_DIR/a, .../b, ... to redo it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-runs/embedded}
