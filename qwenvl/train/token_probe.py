@@ -27,14 +27,13 @@ PARTS = ("colour", "shape")
 def one_object_scenes(path: str | Path, n: int) -> list[tuple[str, dict, dict]]:
     """(image path, object, meta) of the first `n` records that show exactly one object; `path`'s media are
     relative to its folder."""
+    from ..synth.evaluate import load_records
+
     path = Path(path)
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for rec in load_records(path):
         if len(out) >= n:
             break
-        if not line.strip():
-            continue
-        rec = json.loads(line)
         meta = rec.get("meta", {})
         objs = meta.get("objects") or []
         image = next((p.get("image") for p in rec["messages"][0]["content"]
