@@ -31,3 +31,23 @@ def test_wrong_and_junk_answers(records):
     s, err = score(cu, "<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": \"left_click\", "
                        "\"coordinate\": [0, 0]}}\n</tool_call>")
     assert s == 0.0 and err is None
+
+
+def test_label_words_separate_naming_from_placing(records):
+    import json
+
+    from qwenvl.synth.evaluate import label_words
+
+    det = max((r for r in records if r["meta"]["task"] in ("detect", "count")), key=lambda r: len(r["meta"]["objects"]))
+    n = len(det["meta"]["objects"])
+    assert label_words(det, det["messages"][-1]["content"]) == (n, n, n)
+    # the right boxes with every label swapped for another object's colour and kind: placed, not named
+    m = det["meta"]
+    from qwenvl.tasks.coords import FrameMap
+    f = FrameMap(tuple(m["original"]), tuple(m["resized"]))
+    wrong = [{"bbox_2d": f.box_label(o["box"]), "label": f"{'red' if o['colour'] != 'red' else 'blue'} "
+              f"{'circle' if o['shape'] != 'circle' else 'star'}"} for o in m["objects"]]
+    assert label_words(det, json.dumps(wrong)) == (0, 0, n)
+    right_colour = [{**w, "label": f"{o['colour']} {w['label'].split()[1]}"} for w, o in zip(wrong, m["objects"])]
+    assert label_words(det, json.dumps(right_colour)) == (n, 0, n)
+    assert label_words(det, "no boxes here") == (0, 0, n)

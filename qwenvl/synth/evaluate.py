@@ -5,7 +5,9 @@ record's ground truth (`meta`, original pixels) using the task's benchmark-style
 
 Scores per task (mean over records, each in [0, 1]): detect F1 at IoU ≥ 0.5 with matching labels; refer Acc@0.5;
 point and computer_use click inside the target box; count exact; read_text / spot_text / document 1 − normalised
-edit distance of the text; key_values exact field matches; video_grounding temporal IoU ≥ 0.5.
+edit distance of the text; key_values exact field matches; video_grounding temporal IoU ≥ 0.5. Beside them,
+`label_words`: how often a detect / count answer names each shape's colour and kind, which
+separates naming from placing (detect F1 needs both).
 """
 from __future__ import annotations
 
@@ -88,6 +90,30 @@ def score(record: dict, text: str) -> tuple[float, str | None]:
     raise ValueError(f"unknown synthetic task {task!r} in {m.get('id')}")
 
 
+def label_words(record: dict, text: str) -> tuple[int, int, int]:
+    """(colour words right, shape words right, objects) of a detect / count answer: each true object takes the
+    answer's box of highest IoU with it (any overlap), whose label must hold the object's colour / shape word.
+    An answer that does not parse names nothing."""
+    from ..tasks.parse import parse_grounding
+
+    m = record["meta"]
+    objects = m["objects"]
+    try:
+        f = FrameMap(tuple(m["original"]), tuple(m["resized"]))
+        dets = [d for d in f.detections_to_original(parse_grounding(text)) if d.bbox is not None]
+    except ParseError:
+        dets = []
+    colour = shape = 0
+    for o in objects:
+        if not dets:
+            break
+        best = max(dets, key=lambda d: box_iou(d.bbox, o["box"]))
+        words = (best.label or "").lower().split() if box_iou(best.bbox, o["box"]) > 0 else []
+        colour += o["colour"] in words
+        shape += o["shape"] in words
+    return colour, shape, len(objects)
+
+
 def load_records(data: str | Path) -> list[dict]:
     """The records of a held-out JSONL file, in file order."""
     return [json.loads(line) for line in Path(data).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -123,12 +149,17 @@ def evaluate(vlm, data: str | Path, per_task: int = 10, max_new_tokens: int = 38
     data = Path(data)
     chosen = select(load_records(data), per_task)
     scores, errors = defaultdict(list), defaultdict(int)
+    named = [0, 0, 0]  # colour words right, shape words right, objects (detect / count answers)
     for r, g in zip(chosen, generate_answers(vlm, chosen, data.parent, max_new_tokens, batch_size)):
         s, err = score(r, g.text)
         scores[r["meta"]["task"]].append(s)
         errors[r["meta"]["task"]] += err is not None
+        if r["meta"]["task"] in ("detect", "count"):
+            named = [a + b for a, b in zip(named, label_words(r, g.text))]
     out = {t: {"score": sum(v) / len(v), "n": len(v), "parse_errors": errors[t]} for t, v in sorted(scores.items())}
     out["mean"] = sum(v["score"] for v in out.values()) / max(1, len(out))
+    if named[2]:
+        out["label_words"] = {"colour": named[0] / named[2], "shape": named[1] / named[2], "objects": named[2]}
     return out
 
 

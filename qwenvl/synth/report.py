@@ -26,7 +26,7 @@ from ..tasks.coords import FrameMap
 from ..tasks.metrics import box_iou, charades_scores, click_accuracy, coco_map, counting_accuracy, \
     normalized_edit_distance, temporal_iou
 from ..tasks.types import ParseError
-from .evaluate import _f1, _inside, generate_answers, load_records, select
+from .evaluate import _f1, _inside, generate_answers, label_words, load_records, select
 
 log = logging.getLogger("qwenvl.synth.report")
 
@@ -37,6 +37,8 @@ METRICS = [
     ("detect_map", "Detection mAP@[.5:.95]", "detect", None, True),
     ("detect_ap50", "Detection AP50", "detect", None, True),
     ("detect_f1", "Detection F1@0.5", "detect", None, True),
+    ("label_colour", "Boxes named with the right colour (chance 0.1)", "detect, count", None, True),
+    ("label_shape", "Boxes named with the right shape (chance 0.125)", "detect, count", None, True),
     ("point_acc", "Point accuracy", "point", None, True),
     ("count_acc", "Counting accuracy", "count", 0.8, True),
     ("ocr_exact", "OCR exact match", "read_text", 0.8, True),
@@ -83,6 +85,8 @@ def observe(record: dict, text: str) -> dict:
     f = FrameMap(tuple(m["original"]), tuple(m["resized"]))
     o = _failed(m)
     try:
+        if task in ("detect", "count"):
+            o["named"] = label_words(record, text)
         if task in ("detect", "refer", "point"):
             dets = f.detections_to_original(parse_grounding(text))
             target = m["objects"][m["target"]]["box"] if task != "detect" else None
@@ -138,6 +142,8 @@ def _failed(m: dict) -> dict:
     """The observation of an unparsable answer: every metric scores it as wrong."""
     task = m["task"]
     o = {"task": task, "id": m.get("id"), "error": None, "score": 0.0}
+    if task in ("detect", "count"):
+        o["named"] = (0, 0, len(m["objects"]))  # (colour words right, shape words right, objects)
     if task == "detect":
         o.update(pred=[], gt=[(x["label"], x["box"]) for x in m["objects"]])
     elif task == "refer":
@@ -183,6 +189,10 @@ def aggregate(obs: list[dict]) -> dict:
         cm = coco_map([o["pred"] for o in d], [o["gt"] for o in d])
         out["detect_map"], out["detect_ap50"] = (cm["map"], len(d)), (cm["ap50"], len(d))
         out["detect_f1"] = (_mean(o["score"] for o in d), len(d))
+    if named := [o["named"] for o in by["detect"] + by["count"]]:
+        total = max(1, sum(x[2] for x in named))
+        out["label_colour"] = (sum(x[0] for x in named) / total, len(named))
+        out["label_shape"] = (sum(x[1] for x in named) / total, len(named))
     if p := by["point"]:
         out["point_acc"] = (_mean(o["score"] for o in p), len(p))
     if c := by["count"]:
