@@ -1,8 +1,11 @@
 """Held-out scoring of synthetic records: the records' own answers score 1, wrong answers 0, junk is a parse error."""
+import json
+
 import pytest
 
 from qwenvl.synth.build import build_dataset
-from qwenvl.synth.evaluate import score
+from qwenvl.synth.evaluate import label_words, score
+from qwenvl.tasks.coords import FrameMap
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +37,11 @@ def test_wrong_and_junk_answers(records):
 
 
 def test_label_words_separate_naming_from_placing(records):
-    import json
-
-    from qwenvl.synth.evaluate import label_words
-
     det = max((r for r in records if r["meta"]["task"] in ("detect", "count")), key=lambda r: len(r["meta"]["objects"]))
     n = len(det["meta"]["objects"])
     assert label_words(det, det["messages"][-1]["content"]) == (n, n, n)
-    # the right boxes with every label swapped for another object's colour and kind: placed, not named
+    # the right boxes, each labelled with a colour and kind other than its own: placed, not named
     m = det["meta"]
-    from qwenvl.tasks.coords import FrameMap
     f = FrameMap(tuple(m["original"]), tuple(m["resized"]))
     wrong = [{"bbox_2d": f.box_label(o["box"]), "label": f"{'red' if o['colour'] != 'red' else 'blue'} "
               f"{'circle' if o['shape'] != 'circle' else 'star'}"} for o in m["objects"]]
