@@ -1,0 +1,67 @@
+"""The tower's auxiliary stage (qwenvl.train.tower_aux): each merged token is labelled with the object its cell lies
+in (shared cells left out), the anchor is a relative distance, and the command trains only the vision tower, writes
+a loadable model directory and its log, and names a file without grounding scenes."""
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from qwenvl.synth.build import build_dataset
+from qwenvl.train.tower_aux import anchor_error, cell_labels, main
+
+
+def test_cells_inside_a_box_belong_to_its_object():
+    meta = {"original": [112, 112], "resized": [112, 112]}  # 4 x 4 cells of 28 px
+    objs = [{"box": [0, 0, 56, 56]}, {"box": [90, 90, 100, 100]}]
+    # object 0: cell centres (14, 14), (42, 14), (14, 42), (42, 42) lie inside; object 1: only its centre cell
+    assert cell_labels(objs, meta, (4, 4), 28) == {0: 0, 1: 0, 4: 0, 5: 0, 15: 1}
+
+
+def test_a_cell_claimed_by_two_boxes_is_left_out_and_boxes_are_mapped_to_the_resized_frame():
+    meta = {"original": [56, 112], "resized": [112, 224]}  # 2x scale; 4 x 8 cells
+    objs = [{"box": [0, 0, 28, 28]}, {"box": [14, 14, 42, 28]}]  # resized: [0, 0, 56, 56] and [28, 28, 84, 56]
+    lab = cell_labels(objs, meta, (4, 8), 28)
+    assert lab == {0: 0, 1: 0, 8: 0, 10: 1}  # cell 9 (centre (42, 42)) lies in both boxes
+
+
+def test_anchor_error_is_relative():
+    ref = torch.randn(10, 8)
+    assert anchor_error(ref, ref).item() == 0.0
+    assert abs(anchor_error(torch.zeros_like(ref), ref).item() - 1.0) < 1e-6
+    assert abs(anchor_error(1.1 * ref, ref).item() - 0.01) < 1e-6
+
+
+def test_command_trains_the_tower_only_and_writes_a_loadable_model(tmp_path, capsys):
+    import qwenvl
+    from qwenvl.tiny import make_random_checkpoint
+
+    ckpt = make_random_checkpoint(tmp_path / "ckpt")
+    for split, n in (("train", 8), ("heldout", 3)):
+        build_dataset(tmp_path / "d", n_per_task={"detect": n}, split=split, seed=5, curriculum=1,
+                      extra={"image_size": (112, 168)})
+    out = tmp_path / "out"
+    rc = main(["-m", str(ckpt), "--data", str(tmp_path / "d" / "train.jsonl"), "--heldout",
+               str(tmp_path / "d" / "heldout.jsonl"), "--out", str(out), "--steps", "6", "--head-steps", "2",
+               "--batch", "2", "--eval-every", "3", "--lr", "1e-3"])
+    assert rc == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["step"] == 6 and last["tokens"] > 0 and 0.0 <= last["shape_acc"] <= 1.0
+    assert last["anchor_err"] > 0.0  # the tower moved
+    rows = [json.loads(line) for line in (out / "tower_aux.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6]
+    before, after = load_file(str(ckpt / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys()
+    moved = {k for k in before if not torch.equal(before[k].float(), after[k].float())}
+    assert moved and all(k.startswith("visual.") for k in moved)
+    qwenvl.load(out, dtype=torch.float32)  # loads strictly
+
+
+def test_a_file_without_grounding_scenes_is_named(tmp_path, capsys):
+    from qwenvl.tiny import make_random_checkpoint
+
+    ckpt = make_random_checkpoint(tmp_path / "ckpt")
+    build_dataset(tmp_path / "v", n_per_task={"read_text": 2}, split="heldout", seed=5)
+    f = str(tmp_path / "v" / "heldout.jsonl")
+    assert main(["-m", str(ckpt), "--data", f, "--heldout", f, "--out", str(tmp_path / "o"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "heldout.jsonl" in err and "grounding record" in err
