@@ -20,7 +20,7 @@ GEN_WORKERS=${GEN_WORKERS:-$(nproc)}
 THREADS=${THREADS:-1}
 export TOKENIZERS_PARALLELISM=false
 if [ ! -f "$INIT/config.json" ]; then
-  echo "error: no checkpoint at INIT=$INIT; run stage A first (bash scripts/train_embedded.sh) or set INIT" >&2
+  echo "error: no checkpoint at INIT=$INIT; run stage A first (STAGES=a bash scripts/train_embedded.sh) or set INIT" >&2
   exit 2
 fi
 

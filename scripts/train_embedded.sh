@@ -1,21 +1,38 @@
 #!/usr/bin/env bash
 # Train the embedded default model from scratch, end to end (docs/embedded-model.md, "How the shipped model was made"):
-#   data   stage A: one-shape grounding scenes at 112 x 112; stage B: every task at curriculum levels 0 and 1
+#   data   one-shape grounding scenes at 112 x 112 (data/a); the mix: every task at curriculum levels 0 and 1
 #          (grounding 12k records, documents + GUI 1.2k, text + video 800); the report's held-out files; all seeded
 #   init   the embedded shape (qwenvl/synth/embedded.py), seed 0, with the package's tokenizer
-#          (TOKENIZER=train: a new one trained on stage B's corpus)
-#   A      `qwenvl train sft --config configs/embedded.yaml` (40-minute budget; towers at 1/100 of the LM's rate)
-#   B      continued from A's export on the mix (45-minute budget, LR 6e-4); the weights end in OUT_DIR/b/export
-#   C, D   (STAGES=abcd: the shipped model's continuations, docs/embedded-model.md) C: B's mix again, 30 min at
-#          4e-4; D: A's one-size scenes back in the mix, 80 min at 4e-4; the weights end in OUT_DIR/d/export
+#          (TOKENIZER=train: a new one trained on the mix's corpus)
+#   F      `qwenvl train sft --config configs/embedded.yaml` on data/a with the towers (vision + merger) frozen, 40 min:
+#          the language model learns to place and to read the colour from tokens that hold still
+#   G      F continued on data/a with the towers at 1/100 of the rate (LR 5e-4), 45 min   (F + G: 85 min, the default)
+#   H      G continued on scenes of 1-3 shapes at 112 x 112 (data/m) + data/a, LR 5e-4, towers at 1/100, 18 min:
+#          several shapes, where steps are cheap
+#   I      H continued on data/m + more such scenes (data/m2) + data/a, LR 4e-4, 38 min
+#   J      (not in the shipped chain) I continued on data/m + data/a + the mix, LR 4e-4, 70 min
+#   K L N  a ladder of picture sizes from I: data/m + 1-3 shapes up to 168 and 224 px (data/s168, data/s224), 35 min
+#          at 4e-4 (K), 24 more at 3e-4 (L); + up to 336 px (data/s336), 28 min at 3e-4 (N)
+#   P      `python -m qwenvl.train.tower_aux` from N: the vision tower alone learns to put each object's colour and
+#          shape into the tokens of its cells, anchored to N's tokens (1,850 steps of 8 pictures)
+#   Q      P continued on the ladder + data/g0, LR 3e-4, towers at 1/100, 35 min
+#   R      tower_aux again from Q (3,100 steps)
+#   S      R continued on Q's data with the towers frozen, LR 3e-4, 35 min
+#   T      S continued on S's data + data/g1 (1-3 shapes at every size), towers frozen, 30 min; the weights end in
+#          OUT_DIR/t/export (the shipped model, thirteenth session)
+#   A-D    (STAGES=abcd: the model shipped until the eleventh session) A = F with the towers at 1/100 from the
+#          start (scripts/claims.sh starts from it); B: the mix, 45 min at 6e-4; C: the mix, 30 min at 4e-4;
+#          D: data/a + the mix, 80 min at 4e-4
 #
 #   bash scripts/train_embedded.sh                        # 2 CPU cores: ~1.5 min of data, then 85 min of training
+#   STAGES=fghiklnpqrst bash scripts/train_embedded.sh    # the shipped model: 85 + 56 + 87 + 100 min + 2 x ~15 min
 #   DEVICE=cuda AUTOCAST=bfloat16 BUDGET_MIN=8 bash scripts/train_embedded.sh /tmp/emb
-#   .venv/bin/python scripts/ship_embedded.py runs/embedded/b/export --heldout runs/embedded/data/heldout-c1.jsonl --objects 2
+#   .venv/bin/python scripts/ship_embedded.py runs/embedded/t/export --heldout runs/embedded/data/heldout-c1.jsonl --objects 2
 #
-# Settings (environment): STAGES (ab, the default, or abcd), BUDGET_MIN (stages A and B, split 40:45; or BUDGET_A / BUDGET_B; BUDGET_C, BUDGET_D), PACK, WORKERS, GEN_WORKERS, DEVICE,
+# Settings (environment): STAGES (fg, the default; fghiklnpqrst; abcd; any stages in that order), BUDGET_MIN (the
+# first two stages, split 40:45; or BUDGET_F ... BUDGET_T, BUDGET_A ... BUDGET_D), PACK, WORKERS, GEN_WORKERS, DEVICE,
 # AUTOCAST, TOKENIZER (a directory, or "train"), DATA_ONLY=1 (stop after the data), PYTHON. Extra arguments go
-# to every `qwenvl train` call. A stage whose export exists is skipped (delete OUT_DIR/a, .../b, ... to redo it).
+# to every `qwenvl train` call. A stage whose export exists is skipped (delete OUT_DIR/f, .../g, ... to redo it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-runs/embedded}
@@ -28,11 +45,11 @@ DEVICE=${DEVICE:-auto}
 AUTOCAST=${AUTOCAST:-auto}
 TOKENIZER=${TOKENIZER:-qwenvl/embedded}
 if [ -n "${BUDGET_MIN:-}" ]; then
-  BUDGET_A=${BUDGET_A:-$($PY -c "print(round($BUDGET_MIN * 40 / 85, 2))")}
-  BUDGET_B=${BUDGET_B:-$($PY -c "print(round($BUDGET_MIN * 45 / 85, 2))")}
+  first=$($PY -c "print(round($BUDGET_MIN * 40 / 85, 2))")
+  second=$($PY -c "print(round($BUDGET_MIN * 45 / 85, 2))")
+  BUDGET_F=${BUDGET_F:-$first} BUDGET_A=${BUDGET_A:-$first}
+  BUDGET_G=${BUDGET_G:-$second} BUDGET_B=${BUDGET_B:-$second}
 fi
-BUDGET_A=${BUDGET_A:-40}
-BUDGET_B=${BUDGET_B:-45}
 export TOKENIZERS_PARALLELISM=false
 D=$OUT_DIR/data
 
@@ -43,6 +60,17 @@ build() {  # OUT SPLIT CURRICULUM TASKS N SEED [more build args]
 }
 build "$D/a" train 0 grounding 3000 1 --image-size 112 112
 build "$D/a" heldout 0 grounding 40 1001 --image-size 112 112
+if [[ "${STAGES:-fg}" == *[hijklnpqrst]* ]]; then
+  build "$D/m" train 1 grounding 3000 21 --image-size 112 112
+  build "$D/m" heldout 1 grounding 40 1021 --image-size 112 112
+  build "$D/m2" train 1 grounding 3000 22 --image-size 112 112
+fi
+if [[ "${STAGES:-fg}" == *[klnpqrst]* ]]; then
+  build "$D/s168" train 1 grounding 2000 23 --max-side 168
+  build "$D/s224" train 1 grounding 2000 24 --max-side 224
+  build "$D/s224" heldout 1 grounding 40 1024 --max-side 224
+  build "$D/s336" train 1 grounding 2000 25 --max-side 336
+fi
 build "$D/g0" train 0 grounding 1500 11
 build "$D/g1" train 1 grounding 1500 12
 build "$D/o0" train 0 documents,gui 300 13
@@ -66,27 +94,58 @@ if [ ! -f "$OUT_DIR/init/config.json" ]; then
 fi
 common=(--pack-length "$PACK" --num-workers "$WORKERS" --device "$DEVICE" --autocast "$AUTOCAST" --eval-every 500
         --set eval_max_samples=60 --set eval_media_gap=true)
-if [ ! -f "$OUT_DIR/a/export/config.json" ]; then
-  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$OUT_DIR/init" --data "[$D/a/train.jsonl]" \
-      --output-dir "$OUT_DIR/a" --time-budget-min "$BUDGET_A" --set "eval_data=[$D/a/heldout.jsonl]" \
-      "${common[@]}" "$@"
-fi
-if [ ! -f "$OUT_DIR/b/export/config.json" ]; then
-  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$OUT_DIR/a/export" --data "[$mix]" \
-      --output-dir "$OUT_DIR/b" --time-budget-min "$BUDGET_B" --lr 6e-4 --set vision_lr=6e-6 --set merger_lr=6e-6 \
-      --set "eval_data=[$D/heldout-c0.jsonl,$D/heldout-c1.jsonl]" "${common[@]}" "$@"
-fi
-last=b
-stage() {  # NAME FROM DATA BUDGET LR WARMUP SEED
-  local name=$1 from=$2 data=$3 budget=$4 lr=$5 warm=$6 seed=$7; shift 7
-  [[ "${STAGES:-ab}" == *$name* ]] || return 0
+STAGES=${STAGES:-fg}
+last=
+stage() {  # NAME FROM DATA EVAL BUDGET LR WARMUP SEED TOWERS (frozen, or their rate as a fraction of LR's)
+  local name=$1 from=$2 data=$3 eval=$4 budget=$5 lr=$6 warm=$7 seed=$8 towers=$9; shift 9
+  [[ "$STAGES" == *$name* ]] || return 0
   last=$name
   [ -f "$OUT_DIR/$name/export/config.json" ] && return 0
-  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$OUT_DIR/$from/export" --data "[$data]" \
-      --output-dir "$OUT_DIR/$name" --time-budget-min "$budget" --lr "$lr" --warmup-steps "$warm" \
-      --set vision_lr="$($PY -c "print($lr / 100)")" --set merger_lr="$($PY -c "print($lr / 100)")" --set seed="$seed" \
-      --set "eval_data=[$D/heldout-c0.jsonl,$D/heldout-c1.jsonl]" "${common[@]}" "$@"
+  local t=(--set tune_vision=false --set tune_merger=false)
+  if [ "$towers" != frozen ]; then
+    local tlr; tlr=$($PY -c "print($lr * $towers)")
+    t=(--set vision_lr="$tlr" --set merger_lr="$tlr")
+  fi
+  local src=$OUT_DIR/$from/export
+  [ "$from" = init ] && src=$OUT_DIR/init
+  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$src" --data "[$data]" \
+      --output-dir "$OUT_DIR/$name" --time-budget-min "$budget" --lr "$lr" --warmup-steps "$warm" "${t[@]}" \
+      --set seed="$seed" --set "eval_data=[$eval]" "${common[@]}" "$@"
 }
-stage c b "$mix" "${BUDGET_C:-30}" 4e-4 10 1 "$@"
-stage d c "$D/a/train.jsonl,$mix" "${BUDGET_D:-80}" 4e-4 30 2 "$@"
+A=$D/a/train.jsonl
+AH=$D/a/heldout.jsonl
+CH=$D/heldout-c0.jsonl,$D/heldout-c1.jsonl
+M=$D/m/train.jsonl
+# the shipped model (thirteenth session): F, G, H, I, the ladder K, L, N, then P, Q, R, S, T
+stage f init "$A" "$AH" "${BUDGET_F:-40}" 1e-3 30 0 frozen "$@"
+stage g f "$A" "$AH" "${BUDGET_G:-45}" 5e-4 20 5 0.01 "$@"
+stage h g "$M,$A" "$AH" "${BUDGET_H:-18}" 5e-4 20 7 0.01 "$@"
+stage i h "$M,$D/m2/train.jsonl,$A" "$AH" "${BUDGET_I:-38}" 4e-4 20 8 0.01 "$@"
+stage j i "$M,$A,$mix" "$AH" "${BUDGET_J:-70}" 4e-4 20 9 0.01 "$@"
+aux() {  # NAME FROM STEPS SEED: the vision tower alone (qwenvl.train.tower_aux), anchored to FROM's tokens
+  local name=$1 from=$2 steps=$3 seed=$4
+  [[ "$STAGES" == *$name* ]] || return 0
+  last=$name
+  [ -f "$OUT_DIR/$name/export/config.json" ] && return 0
+  $PY -m qwenvl.train.tower_aux -m "$OUT_DIR/$from/export" --data "$D/s168/train.jsonl" --data "$D/s224/train.jsonl" \
+      --data "$D/s336/train.jsonl" --data "$A" --heldout "$SH" --n-heldout 100 --out "$OUT_DIR/$name/export" \
+      --steps "$steps" --seed "$seed" --lr 3e-4 --anchor 4 --head-steps 100 --eval-every 100
+}
+L1=$M,$D/s168/train.jsonl,$D/s224/train.jsonl
+L2=$L1,$D/s336/train.jsonl,$D/g0/train.jsonl
+SH=$D/s224/heldout.jsonl
+stage k i "$L1" "$SH" "${BUDGET_K:-35}" 4e-4 20 10 0.01 "$@"
+stage l k "$L1" "$SH" "${BUDGET_L:-24}" 3e-4 20 11 0.01 "$@"
+stage n l "$L1,$D/s336/train.jsonl" "$SH" "${BUDGET_N:-28}" 3e-4 20 12 0.01 "$@"
+aux p n 1850 0
+stage q p "$L2" "$SH" "${BUDGET_Q:-35}" 3e-4 20 13 0.01 "$@"
+aux r q 3100 1
+stage s r "$L2" "$SH" "${BUDGET_S:-35}" 3e-4 20 14 frozen "$@"
+stage t s "$L2,$D/g1/train.jsonl" "$SH" "${BUDGET_T:-30}" 3e-4 20 15 frozen "$@"
+# the earlier chain (shipped until the eleventh session; scripts/claims.sh starts from A)
+stage a init "$A" "$AH" "${BUDGET_A:-40}" 1e-3 30 0 0.01 "$@"
+stage b a "$mix" "$CH" "${BUDGET_B:-45}" 6e-4 30 0 0.01 "$@"
+stage c b "$mix" "$CH" "${BUDGET_C:-30}" 4e-4 10 1 0.01 "$@"
+stage d c "$A,$mix" "$CH" "${BUDGET_D:-80}" 4e-4 30 2 0.01 "$@"
+[ -n "$last" ] || { echo "error: STAGES=$STAGES names no stage; use letters from fghijklnpqrs and abcd" >&2; exit 2; }
 echo "weights: $OUT_DIR/$last/export"
