@@ -28,7 +28,7 @@ wait $prep; echo "prepare rc=$?" >> "$OUT/prepare.log"
 left=$(( TOTAL_S - ($(date +%s) - T0) - 60 ))  # 60 s: start-up, export and packing
 BUDGET=${BUDGET_MIN:-$(python3 -c "print(round(max(0.5, $left / 60), 2))")}
 echo "training budget $BUDGET min" >> "$OUT/prepare.log"
-train() { PYTHON=$PY DEVICE=${DEVICE:-cuda} AUTOCAST=${AUTOCAST:-bfloat16} PACK="${PACK:-16384}" WORKERS=$1 \
+train() { STAGES=ab PYTHON=$PY DEVICE=${DEVICE:-cuda} AUTOCAST=${AUTOCAST:-bfloat16} PACK="${PACK:-16384}" WORKERS=$1 \
   BUDGET_MIN=$2 bash scripts/train_embedded.sh $E >> "$OUT/train.log" 2>&1; }
 train $W "$BUDGET"; rc=$?
 echo "train rc=$rc" >> "$OUT/train.log"
