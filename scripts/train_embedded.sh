@@ -18,19 +18,24 @@
 #   Q      P continued on the ladder + data/g0, LR 3e-4, towers at 1/100, 35 min
 #   R      tower_aux again from Q (3,100 steps)
 #   S      R continued on Q's data with the towers frozen, LR 3e-4, 35 min
-#   T      S continued on S's data + data/g1 (1-3 shapes at every size), towers frozen, 30 min; the weights end in
-#          OUT_DIR/t/export (the shipped model, thirteenth session)
+#   T      S continued on S's data + data/g1 (1-3 shapes at every size), towers frozen, 30 min (shipped in the
+#          thirteenth session)
+#   U V    T continued on the ladder + the mix (every task family, the grounding sets' scale for the others' 1/10),
+#          towers frozen: 22 min at 3e-4 (U), 35 more at 2e-4 (V)
+#   W X    V continued on text, video, GUI and document records at the grounding sets' scale (data/rt0 ... d01,
+#          14.6k) + the mix + data/s224, towers frozen: 50 min at 3e-4 (W), 25 more at 1.5e-4 (X); the weights end
+#          in OUT_DIR/x/export (the shipped model, fourteenth session)
 #   A-D    (STAGES=abcd: the model shipped until the eleventh session) A = F with the towers at 1/100 from the
 #          start (scripts/claims.sh starts from it); B: the mix, 45 min at 6e-4; C: the mix, 30 min at 4e-4;
 #          D: data/a + the mix, 80 min at 4e-4
 #
 #   bash scripts/train_embedded.sh                        # 2 CPU cores: ~1.5 min of data, then 85 min of training
-#   STAGES=fghiklnpqrst bash scripts/train_embedded.sh    # the shipped model: 85 + 56 + 87 + 100 min + 2 x ~15 min
+#   STAGES=fghiklnpqrstuvwx bash scripts/train_embedded.sh  # the shipped model: 85 + 56 + 87 + 100 + 132 min + 2 x ~15
 #   DEVICE=cuda AUTOCAST=bfloat16 BUDGET_MIN=8 bash scripts/train_embedded.sh /tmp/emb
-#   .venv/bin/python scripts/ship_embedded.py runs/embedded/t/export --heldout runs/embedded/data/heldout-c1.jsonl --objects 2
+#   .venv/bin/python scripts/ship_embedded.py runs/embedded/x/export --heldout runs/embedded/data/heldout-c1.jsonl --objects 2
 #
-# Settings (environment): STAGES (fg, the default; fghiklnpqrst; abcd; any stages in that order), BUDGET_MIN (the
-# first two stages, split 40:45; or BUDGET_F ... BUDGET_T, BUDGET_A ... BUDGET_D), PACK, WORKERS, GEN_WORKERS, DEVICE,
+# Settings (environment): STAGES (fg, the default; fghiklnpqrstuvwx; abcd; any stages in that order), BUDGET_MIN (the
+# first two stages, split 40:45; or BUDGET_F ... BUDGET_X, BUDGET_A ... BUDGET_D), PACK, WORKERS, GEN_WORKERS, DEVICE,
 # AUTOCAST, TOKENIZER (a directory, or "train"), DATA_ONLY=1 (stop after the data), PYTHON. Extra arguments go
 # to every `qwenvl train` call. A stage whose export exists is skipped (delete OUT_DIR/f, .../g, ... to redo it).
 set -euo pipefail
@@ -60,12 +65,12 @@ build() {  # OUT SPLIT CURRICULUM TASKS N SEED [more build args]
 }
 build "$D/a" train 0 grounding 3000 1 --image-size 112 112
 build "$D/a" heldout 0 grounding 40 1001 --image-size 112 112
-if [[ "${STAGES:-fg}" == *[hijklnpqrst]* ]]; then
+if [[ "${STAGES:-fg}" == *[hijklnpqrstuvwx]* ]]; then
   build "$D/m" train 1 grounding 3000 21 --image-size 112 112
   build "$D/m" heldout 1 grounding 40 1021 --image-size 112 112
   build "$D/m2" train 1 grounding 3000 22 --image-size 112 112
 fi
-if [[ "${STAGES:-fg}" == *[klnpqrst]* ]]; then
+if [[ "${STAGES:-fg}" == *[klnpqrstuvwx]* ]]; then
   build "$D/s168" train 1 grounding 2000 23 --max-side 168
   build "$D/s224" train 1 grounding 2000 24 --max-side 224
   build "$D/s224" heldout 1 grounding 40 1024 --max-side 224
@@ -77,6 +82,16 @@ build "$D/o0" train 0 documents,gui 300 13
 build "$D/o1" train 1 documents,gui 300 14
 build "$D/t0" train 0 text,video 100 15
 build "$D/t1" train 1 text,video 100 16
+if [[ "${STAGES:-fg}" == *[wx]* ]]; then  # the text / video / GUI families at the grounding sets' scale
+  build "$D/rt0" train 0 read_text 3000 41
+  build "$D/st0" train 0 spot_text 1500 42
+  build "$D/rt1" train 1 read_text,spot_text,key_values 1000 43
+  build "$D/v0" train 0 video_grounding 2500 44
+  build "$D/v1" train 1 video_grounding 1500 45
+  build "$D/u0" train 0 computer_use 1500 46
+  build "$D/u1" train 1 computer_use 1000 47
+  build "$D/d01" train 1 document 600 48
+fi
 # the report's held-out files (docs/embedded-model.md)
 [ -f "$D/heldout-c0.jsonl" ] || $PY -m qwenvl.synth.build --out "$D" --split heldout --n 20 --seed 1 --curriculum 0 \
     --name heldout-c0 --workers "$GEN_WORKERS"
@@ -116,7 +131,7 @@ A=$D/a/train.jsonl
 AH=$D/a/heldout.jsonl
 CH=$D/heldout-c0.jsonl,$D/heldout-c1.jsonl
 M=$D/m/train.jsonl
-# the shipped model (thirteenth session): F, G, H, I, the ladder K, L, N, then P, Q, R, S, T
+# the shipped model (fourteenth session): F, G, H, I, the ladder K, L, N, then P, Q, R, S, T, U, V, W, X
 stage f init "$A" "$AH" "${BUDGET_F:-40}" 1e-3 30 0 frozen "$@"
 stage g f "$A" "$AH" "${BUDGET_G:-45}" 5e-4 20 5 0.01 "$@"
 stage h g "$M,$A" "$AH" "${BUDGET_H:-18}" 5e-4 20 7 0.01 "$@"
@@ -142,10 +157,17 @@ stage q p "$L2" "$SH" "${BUDGET_Q:-35}" 3e-4 20 13 0.01 "$@"
 aux r q 3100 1
 stage s r "$L2" "$SH" "${BUDGET_S:-35}" 3e-4 20 14 frozen "$@"
 stage t s "$L2,$D/g1/train.jsonl" "$SH" "${BUDGET_T:-30}" 3e-4 20 15 frozen "$@"
+MX=$L1,$D/s336/train.jsonl,$mix
+stage u t "$MX" "$D/heldout-c1.jsonl" "${BUDGET_U:-22}" 3e-4 20 16 frozen "$@"
+stage v u "$MX" "$D/heldout-c1.jsonl" "${BUDGET_V:-35}" 2e-4 20 17 frozen "$@"
+TX=$D/rt0/train.jsonl,$D/st0/train.jsonl,$D/rt1/train.jsonl,$D/v0/train.jsonl,$D/v1/train.jsonl,$D/u0/train.jsonl
+TX=$TX,$D/u1/train.jsonl,$D/d01/train.jsonl,$mix,$D/s224/train.jsonl
+stage w v "$TX" "$CH" "${BUDGET_W:-50}" 3e-4 20 18 frozen "$@"
+stage x w "$TX" "$CH" "${BUDGET_X:-25}" 1.5e-4 20 19 frozen "$@"
 # the earlier chain (shipped until the eleventh session; scripts/claims.sh starts from A)
 stage a init "$A" "$AH" "${BUDGET_A:-40}" 1e-3 30 0 0.01 "$@"
 stage b a "$mix" "$CH" "${BUDGET_B:-45}" 6e-4 30 0 0.01 "$@"
 stage c b "$mix" "$CH" "${BUDGET_C:-30}" 4e-4 10 1 0.01 "$@"
 stage d c "$A,$mix" "$CH" "${BUDGET_D:-80}" 4e-4 30 2 0.01 "$@"
-[ -n "$last" ] || { echo "error: STAGES=$STAGES names no stage; use letters from fghijklnpqrs and abcd" >&2; exit 2; }
+[ -n "$last" ] || { echo "error: STAGES=$STAGES names no stage; use letters from fghijklnpqrstuvwx and abcd" >&2; exit 2; }
 echo "weights: $OUT_DIR/$last/export"

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from qwenvl.synth.build import build_dataset
-from qwenvl.train.tower_aux import anchor_error, cell_labels, main
+from qwenvl.train.tower_aux import anchor_error, cell_labels, glyph_cells, main
 
 
 def test_cells_inside_a_box_belong_to_its_object():
@@ -56,12 +56,47 @@ def test_command_trains_the_tower_only_and_writes_a_loadable_model(tmp_path, cap
     qwenvl.load(out, dtype=torch.float32)  # loads strictly
 
 
-def test_a_file_without_grounding_scenes_is_named(tmp_path, capsys):
+def test_a_file_without_grounding_or_text_scenes_is_named(tmp_path, capsys):
     from qwenvl.tiny import make_random_checkpoint
 
     ckpt = make_random_checkpoint(tmp_path / "ckpt")
-    build_dataset(tmp_path / "v", n_per_task={"read_text": 2}, split="heldout", seed=5)
+    build_dataset(tmp_path / "v", n_per_task={"key_values": 2}, split="heldout", seed=5)
     f = str(tmp_path / "v" / "heldout.jsonl")
     assert main(["-m", str(ckpt), "--data", f, "--heldout", f, "--out", str(tmp_path / "o"), "--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "heldout.jsonl" in err and "grounding record" in err
+
+
+def test_glyph_cells_put_each_character_in_the_cell_under_its_centre():
+    from qwenvl.synth import font
+
+    f = font(20, "dejavu-mono")  # monospaced: every advance is the same
+    adv = f.getlength("0")
+    left = 3
+    text = "AB CD"
+    ink = f.getbbox(text)[0]
+    meta = {"original": [56, 140], "resized": [112, 280], "font": "dejavu-mono", "font_size": 20}  # 2x; 4 x 10 cells
+    lab = glyph_cells([{"text": text, "box": [left + ink, 30, left + ink + 5 * adv, 50]}], meta, (4, 10), 28)
+    want = {}
+    for i, ch in enumerate(text):
+        if ch != " ":  # centre (left + (i + 0.5) adv) * 2 px; the line's middle row 40 * 2 = 80 px -> row 2
+            want.setdefault(2 * 10 + int((left + (i + 0.5) * adv) * 2 // 28), set()).add(ch)
+    assert lab == want and sum(len(v) for v in lab.values()) == 4
+
+
+def test_text_scenes_train_a_glyph_head_beside_the_shape_heads(tmp_path, capsys):
+    from qwenvl.tiny import make_random_checkpoint
+
+    ckpt = make_random_checkpoint(tmp_path / "ckpt")
+    build_dataset(tmp_path / "d", n_per_task={"detect": 4, "read_text": 4, "spot_text": 2}, split="train", seed=7,
+                  curriculum=1)
+    build_dataset(tmp_path / "h", n_per_task={"read_text": 3}, split="heldout", seed=8, curriculum=1)
+    out = tmp_path / "out"
+    rc = main(["-m", str(ckpt), "--data", str(tmp_path / "d" / "train.jsonl"), "--heldout",
+               str(tmp_path / "h" / "heldout.jsonl"), "--out", str(out), "--steps", "4", "--head-steps", "1",
+               "--batch", "3", "--eval-every", "4"])
+    assert rc == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["text_cells"] > 0 and 0.0 <= last["glyph_f1"] <= 1.0 and "shape_acc" in last
+    row = json.loads((out / "tower_aux.jsonl").read_text().splitlines()[-1])
+    assert row["train_glyph_ce"] > 0.0

@@ -1,16 +1,20 @@
-"""Teach the vision tower to tell shapes apart without moving what the language model already reads from it.
+"""Teach the vision tower to tell shapes (and glyphs) apart without moving what the language model already reads
+from it.
 
 The embedded model's notes found the shape word missing from the visual tokens (a linear probe on the token under
 a shape reads its colour, not its kind), and that moving the towers at the language model's rate through the
 language loss collapses them. This stage trains the tower alone, with a direct signal: two linear heads on the
 merger's output tokens name the colour and the shape of the object each token's cell lies in, while an anchor
 term keeps every token near the starting tower's (relative squared error), so the language model's reading of
-the tokens still holds. The heads are dropped; the model directory written is the starting one with the new tower.
+the tokens still holds. Text scenes (read_text / spot_text records) add a third head: which characters have their
+centre in each token's cell (multi-hot, binary cross-entropy), the glyph signal OCR needs in the tokens. The heads
+are dropped; the model directory written is the starting one with the new tower.
 
     python -m qwenvl.train.tower_aux -m MODEL --data train.jsonl [--data more.jsonl] --heldout heldout.jsonl \
         --out DIR --time-budget-min 15
 
-Records are `qwenvl.synth` grounding records (meta.objects with boxes in the original picture's pixels).
+Records are `qwenvl.synth` grounding records (meta.objects with boxes in the original picture's pixels) and text
+records (meta.lines: each line's text and box, with meta.font and meta.font_size).
 """
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def scenes(path: str | Path, limit: int | None = None) -> list[tuple[str, list[dict], dict]]:
-    """(image path, objects, meta) of every grounding record with objects and one image."""
+    """(image path, objects, meta) of every one-image record with grounding objects (meta.objects) or text lines
+    (meta.lines, read_text / spot_text; objects then empty)."""
     from ..synth.evaluate import load_records
 
     path = Path(path)
@@ -43,13 +48,37 @@ def scenes(path: str | Path, limit: int | None = None) -> list[tuple[str, list[d
         objs = meta.get("objects") or []
         images = [p.get("image") for p in rec["messages"][0]["content"]
                   if isinstance(p, dict) and p.get("type") == "image"]
-        if objs and len(images) == 1:
+        lines = meta.get("task") in ("read_text", "spot_text") and meta.get("lines")  # one font per picture
+        if (objs or lines) and len(images) == 1:
             out.append((str(path.parent / images[0]), objs, meta))
             if limit and len(out) >= limit:
                 break
     if not out:
-        raise ValueError(f"{path}: no grounding record with objects and one image (qwenvl.synth grounding records "
-                         "are needed)")
+        raise ValueError(f"{path}: no grounding record with objects and no text record with lines, one image each "
+                         "(qwenvl.synth grounding or read_text / spot_text records are needed)")
+    return out
+
+
+def glyph_cells(lines: list[dict], meta: dict, grid_hw: tuple[int, int], cell: int) -> dict[int, set[str]]:
+    """{merged-token index: the characters whose centre lies in its cell} for rendered text lines (qwenvl.synth
+    text meta: each line's text and box in the original picture's pixels, the font family and size). A character's
+    centre is its advance-width midpoint along the line, on the line box's middle row; spaces are left out."""
+    from ..synth import font
+
+    (oh, ow), (rows, cols) = meta.get("original", meta["resized"]), grid_hw
+    sx, sy = cols * cell / ow, rows * cell / oh
+    fnt = font(int(meta["font_size"]), meta.get("font", "default"))
+    out: dict[int, set[str]] = {}
+    for ln in lines:
+        text, (x0, y0, _, y1) = ln["text"], ln["box"]
+        left = x0 - fnt.getbbox(text)[0]  # the pen's origin: the box starts at the first glyph's ink
+        r = min(int((y0 + y1) / 2 * sy // cell), rows - 1)
+        for i, ch in enumerate(text):
+            if ch.isspace():
+                continue
+            xc = left + (fnt.getlength(text[:i]) + fnt.getlength(text[:i + 1])) / 2
+            c = min(max(int(xc * sx // cell), 0), cols - 1)
+            out.setdefault(r * cols + c, set()).add(ch)
     return out
 
 
@@ -75,15 +104,17 @@ def cell_labels(objects: list[dict], meta: dict, grid_hw: tuple[int, int], cell:
 
 
 class Batcher:
-    """Pixel inputs and per-token targets for a list of scenes (one processor call per picture)."""
+    """Pixel inputs and per-token targets for a list of scenes (one processor call per picture): class indices
+    for the object parts (`classes`) and, for text scenes, a multi-hot row over `glyphs` per cell with text."""
 
-    def __init__(self, vlm, classes: dict[str, list[str]]):
-        self.vlm, self.classes = vlm, classes
+    def __init__(self, vlm, classes: dict[str, list[str]], glyphs: list[str] = ()):
+        self.vlm, self.classes, self.glyphs = vlm, classes, {ch: i for i, ch in enumerate(glyphs)}
         v = vlm.config.vision
         self.patch, self.cell = v.patch_size, v.patch_size * v.spatial_merge_size
 
     def __call__(self, batch):
         pix, grids, idx, targets, offset = [], [], [], {p: [] for p in self.classes}, 0
+        gidx, grows = [], []
         for image, objs, meta in batch:
             part = {"type": "image", "image": image, **{k: meta[k] for k in ("min_pixels", "max_pixels") if k in meta}}
             b = self.vlm.processor([{"role": "user", "content": [part, {"type": "text", "text": "."}]}])
@@ -95,11 +126,19 @@ class Batcher:
                     idx.append(offset + k)
                     for n, p in zip(names, self.classes):
                         targets[p].append(self.classes[p].index(n))
+            if self.glyphs and meta.get("task") in ("read_text", "spot_text") and meta.get("lines"):
+                for k, chars in sorted(glyph_cells(meta["lines"], meta, (rows, cols), self.cell).items()):
+                    row = torch.zeros(len(self.glyphs))
+                    row[[self.glyphs[ch] for ch in chars if ch in self.glyphs]] = 1.0
+                    gidx.append(offset + k)
+                    grows.append(row)
             pix.append(b.pixel_values)
             grids.append(g)
             offset += rows * cols
+        glyph = (torch.tensor(gidx, dtype=torch.long),
+                 torch.stack(grows) if grows else torch.zeros(0, len(self.glyphs)))
         return (torch.cat(pix), torch.cat(grids), torch.tensor(idx, dtype=torch.long),
-                {p: torch.tensor(t, dtype=torch.long) for p, t in targets.items()})
+                {p: torch.tensor(t, dtype=torch.long) for p, t in targets.items()}, glyph)
 
 
 def anchor_error(tok: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -115,18 +154,22 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
     torch.manual_seed(seed)
     rng = random.Random(seed)
     objs = [o for _, os_, _ in train_scenes for o in os_]
-    classes = {p: sorted({label_part(o, p) for o in objs}) for p in ("colour", "shape")}
+    classes = {p: sorted({label_part(o, p) for o in objs}) for p in ("colour", "shape")} if objs else {}
+    glyphs = sorted({ch for _, os_, m in train_scenes if not os_ for ln in m.get("lines", []) for ch in ln["text"]
+                     if not ch.isspace()})
     tower = vlm.model.visual
     ref_tower = copy.deepcopy(tower).eval().requires_grad_(False)
     dim = vlm.config.vision.out_hidden_size
     heads = torch.nn.ModuleDict({p: torch.nn.Linear(dim, len(c)) for p, c in classes.items()})
+    if glyphs:
+        heads["glyph"] = torch.nn.Linear(dim, len(glyphs))
     params = [p for p in tower.parameters()] + list(heads.parameters())
     for p in tower.parameters():
         p.requires_grad_(True)
     # group 0: the tower (warm-up after the heads' own start, then cosine to 0.1x); group 1: the heads (constant).
     opt = torch.optim.AdamW([{"params": list(tower.parameters())}, {"params": list(heads.parameters()), "lr": head_lr}],
                             lr=lr, weight_decay=0.0)
-    make = Batcher(vlm, classes)
+    make = Batcher(vlm, classes, glyphs)
     total = steps or 10**9
     deadline = time.monotonic() + time_budget_min * 60 if time_budget_min else None
     budget_s = time_budget_min * 60 if time_budget_min else None
@@ -150,16 +193,28 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
     def evaluate():
         tower.eval()
         hits, n, err = {p: 0 for p in classes}, 0, 0.0
+        tp = fp = fn = exact = cells = 0
         for i in range(0, len(heldout_scenes), batch):
-            pix, grid, idx, tg = make(heldout_scenes[i:i + batch])
+            pix, grid, idx, tg, (gidx, grow) = make(heldout_scenes[i:i + batch])
             tok, ref = tower(pix, grid), ref_tower(pix, grid)
             err += anchor_error(tok, ref).item() * len(heldout_scenes[i:i + batch])
             for p in classes:
                 hits[p] += (heads[p](tok[idx]).argmax(-1) == tg[p]).sum().item()
             n += len(idx)
+            if glyphs and len(gidx):
+                pred = heads["glyph"](tok[gidx]) > 0
+                true = grow > 0.5
+                tp += (pred & true).sum().item()
+                fp += (pred & ~true).sum().item()
+                fn += (~pred & true).sum().item()
+                exact += (pred == true).all(-1).sum().item()
+                cells += len(gidx)
         tower.train()
-        return {**{f"{p}_acc": round(hits[p] / max(n, 1), 4) for p in classes}, "tokens": n,
-                "anchor_err": round(err / len(heldout_scenes), 5)}
+        row = {**{f"{p}_acc": round(hits[p] / max(n, 1), 4) for p in classes}, "tokens": n}
+        if glyphs:  # micro F1 of the characters named per text cell, and the cells whose set is exactly right
+            row.update(glyph_f1=round(2 * tp / max(1, 2 * tp + fp + fn), 4),
+                       glyph_exact=round(exact / max(1, cells), 4), text_cells=cells)
+        return {**row, "anchor_err": round(err / len(heldout_scenes), 5)}
 
     rows, step, t0 = [], 0, time.monotonic()
     tower.train()
@@ -170,15 +225,18 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
         if step % max(1, len(order) // batch) == 0:
             rng.shuffle(order)
         j = (step * batch) % len(order)
-        pix, grid, idx, tg = make([train_scenes[k] for k in order[j:j + batch]] or [train_scenes[order[0]]])
+        pix, grid, idx, tg, (gidx, grow) = make([train_scenes[k] for k in order[j:j + batch]]
+                                                or [train_scenes[order[0]]])
         opt.param_groups[0]["lr"] = lr_at(step)
         with torch.set_grad_enabled(step >= head_steps):
             tok = tower(pix, grid)
         with torch.no_grad():
             ref = ref_tower(pix, grid)
         a = anchor_error(tok, ref)
-        ce = {p: F.cross_entropy(heads[p](tok[idx]), tg[p]) for p in classes} if len(idx) else \
-            {p: tok.sum() * 0 for p in classes}
+        ce = {p: F.cross_entropy(heads[p](tok[idx]), tg[p]) if len(idx) else tok.sum() * 0 for p in classes}
+        if glyphs:  # summed over the characters, averaged over the cells: one cell weighs about one CE term
+            ce["glyph"] = (F.binary_cross_entropy_with_logits(heads["glyph"](tok[gidx]), grow, reduction="sum")
+                           / len(gidx)) if len(gidx) else tok.sum() * 0
         loss = sum(ce.values()) + anchor * a
         opt.zero_grad(set_to_none=True)
         if loss.requires_grad:
@@ -213,9 +271,11 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m qwenvl.train.tower_aux", description=__doc__.split("\n\n")[0])
     ap.add_argument("-m", "--model", required=True, help="starting checkpoint directory")
-    ap.add_argument("--data", action="append", required=True, help="qwenvl.synth grounding JSONL (repeatable)")
-    ap.add_argument("--heldout", required=True, help="qwenvl.synth grounding JSONL to score the heads on")
-    ap.add_argument("--n-heldout", type=int, default=200, help="held-out scenes (default 200)")
+    ap.add_argument("--data", action="append", required=True,
+                    help="qwenvl.synth grounding or read_text / spot_text JSONL (repeatable)")
+    ap.add_argument("--heldout", action="append", required=True,
+                    help="qwenvl.synth grounding or text JSONL to score the heads on (repeatable)")
+    ap.add_argument("--n-heldout", type=int, default=200, help="held-out scenes per --heldout file (default 200)")
     ap.add_argument("--out", required=True, help="where to write the model directory with the new tower")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--time-budget-min", type=float, default=None)
@@ -233,13 +293,14 @@ def main(argv=None) -> int:
         return 2
     try:
         train_scenes = [s for d in a.data for s in scenes(d)]
-        held = scenes(a.heldout, a.n_heldout)
+        held = [s for h in a.heldout for s in scenes(h, a.n_heldout)]
         vlm = qwenvl.load(a.model, dtype=torch.float32, pack=False)
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "tower_aux.jsonl").unlink(missing_ok=True)
         rows = train(vlm, train_scenes, held, steps=a.steps, time_budget_min=a.time_budget_min, batch=a.batch,
-                     lr=a.lr, anchor=a.anchor, seed=a.seed, head_steps=a.head_steps, eval_every=a.eval_every, log_file=out / "tower_aux.jsonl")
+                     lr=a.lr, anchor=a.anchor, seed=a.seed, head_steps=a.head_steps, eval_every=a.eval_every,
+                     log_file=out / "tower_aux.jsonl")
         vlm.save(out)
         print(json.dumps(rows[-1]), flush=True)
     except (OSError, ValueError, KeyError) as e:
