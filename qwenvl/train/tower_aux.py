@@ -48,8 +48,7 @@ def scenes(path: str | Path, limit: int | None = None) -> list[tuple[str, list[d
         objs = meta.get("objects") or []
         images = [p.get("image") for p in rec["messages"][0]["content"]
                   if isinstance(p, dict) and p.get("type") == "image"]
-        lines = meta.get("task") in ("read_text", "spot_text") and meta.get("lines")  # one font per picture
-        if (objs or lines) and len(images) == 1:
+        if (objs or text_lines(meta)) and len(images) == 1:
             out.append((str(path.parent / images[0]), objs, meta))
             if limit and len(out) >= limit:
                 break
@@ -57,6 +56,12 @@ def scenes(path: str | Path, limit: int | None = None) -> list[tuple[str, list[d
         raise ValueError(f"{path}: no grounding record with objects and no text record with lines, one image each "
                          "(qwenvl.synth grounding or read_text / spot_text records are needed)")
     return out
+
+
+def text_lines(meta: dict) -> list[dict]:
+    """The text lines of a read_text / spot_text record (one font per picture, so glyph_cells can place them);
+    [] for any other record."""
+    return meta.get("lines") or [] if meta.get("task") in ("read_text", "spot_text") else []
 
 
 def glyph_cells(lines: list[dict], meta: dict, grid_hw: tuple[int, int], cell: int) -> dict[int, set[str]]:
@@ -126,8 +131,8 @@ class Batcher:
                     idx.append(offset + k)
                     for n, p in zip(names, self.classes):
                         targets[p].append(self.classes[p].index(n))
-            if self.glyphs and meta.get("task") in ("read_text", "spot_text") and meta.get("lines"):
-                for k, chars in sorted(glyph_cells(meta["lines"], meta, (rows, cols), self.cell).items()):
+            if self.glyphs and text_lines(meta):
+                for k, chars in sorted(glyph_cells(text_lines(meta), meta, (rows, cols), self.cell).items()):
                     row = torch.zeros(len(self.glyphs))
                     row[[self.glyphs[ch] for ch in chars if ch in self.glyphs]] = 1.0
                     gidx.append(offset + k)
@@ -155,8 +160,7 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
     rng = random.Random(seed)
     objs = [o for _, os_, _ in train_scenes for o in os_]
     classes = {p: sorted({label_part(o, p) for o in objs}) for p in ("colour", "shape")} if objs else {}
-    glyphs = sorted({ch for _, os_, m in train_scenes if not os_ for ln in m.get("lines", []) for ch in ln["text"]
-                     if not ch.isspace()})
+    glyphs = sorted({ch for _, _, m in train_scenes for ln in text_lines(m) for ch in ln["text"] if not ch.isspace()})
     tower = vlm.model.visual
     ref_tower = copy.deepcopy(tower).eval().requires_grad_(False)
     dim = vlm.config.vision.out_hidden_size
