@@ -45,3 +45,19 @@ def auto_dtype(device: torch.device | str, checkpoint_dtype: torch.dtype | None)
     if want == torch.float16:
         return torch.bfloat16  # fp16 matmuls are slow on CPU and overflow in the ViT; bf16 is the fast path
     return want
+
+
+def varlen_friendly_sdpa(device: torch.device | str) -> bool:
+    """On CUDA, turn off PyTorch's cuDNN attention backend (flash / memory-efficient / math stay on).
+
+    cuDNN builds and caches an execution plan per new q/k/v shape; packed training calls attention once per sample
+    and per window group, and those lengths change every step, so nearly every call plans anew. On an H200
+    (torch 2.11) a 16,384-token step of the embedded model took 4.6 s with it and 0.5 s without
+    (docs/embedded-runs/notes.md). Process-wide; `QWENVL_CUDNN_SDPA=1` keeps cuDNN. Returns True when it acted."""
+    import os
+    if torch.device(device).type != "cuda" or os.environ.get("QWENVL_CUDNN_SDPA") == "1":
+        return False
+    if torch.backends.cuda.cudnn_sdp_enabled():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        log.info("cuDNN attention off for this process (a plan per new sequence length; QWENVL_CUDNN_SDPA=1 keeps it)")
+    return True

@@ -24,18 +24,23 @@
 #          towers frozen: 22 min at 3e-4 (U), 35 more at 2e-4 (V)
 #   W X    V continued on text, video, GUI and document records at the grounding sets' scale (data/rt0 ... d01,
 #          14.6k) + the mix + data/s224, towers frozen: 50 min at 3e-4 (W), 25 more at 1.5e-4 (X); the weights end
-#          in OUT_DIR/x/export (the shipped model, fourteenth session)
+#          in OUT_DIR/x/export (shipped in the fourteenth session)
+#   Y      X continued on a fresh W/X mix at ~1.5x (data/y/*, 43,700 records, new seeds), towers frozen, 501 steps of
+#          16,384-token packs at 2e-4: made on a lent H200 in 2.2 min (scripts/device_stage_y.sh; DEVICE=cuda)
+#   Z      Y continued on 2 cores on W/X's data + 5,000 more videos (data/v2, data/v3), towers frozen, 50 min at
+#          1.5e-4; the weights end in OUT_DIR/z/export (the shipped model, fifteenth session)
 #   A-D    (STAGES=abcd: the model shipped until the eleventh session) A = F with the towers at 1/100 from the
 #          start (scripts/claims.sh starts from it); B: the mix, 45 min at 6e-4; C: the mix, 30 min at 4e-4;
 #          D: data/a + the mix, 80 min at 4e-4
 #
 #   bash scripts/train_embedded.sh                        # 2 CPU cores: ~1.5 min of data, then 85 min of training
-#   STAGES=fghiklnpqrstuvwx bash scripts/train_embedded.sh  # the shipped model: 85 + 56 + 87 + 100 + 132 min + 2 x ~15
+#   STAGES=fghiklnpqrstuvwxyz bash scripts/train_embedded.sh  # the shipped model: 85 + 56 + 87 + 100 + 132 + 50 min
+#                                                          # + 2 x ~15 on 2 cores, and Y (2.2 min on a GPU, ~40 on 2 cores)
 #   DEVICE=cuda AUTOCAST=bfloat16 BUDGET_MIN=8 bash scripts/train_embedded.sh /tmp/emb
-#   .venv/bin/python scripts/ship_embedded.py runs/embedded/x/export --heldout runs/embedded/data/heldout-c1.jsonl --objects 2
+#   .venv/bin/python scripts/ship_embedded.py runs/embedded/z/export --heldout runs/embedded/data/heldout-c1.jsonl --objects 2
 #
-# Settings (environment): STAGES (fg, the default; fghiklnpqrstuvwx; abcd; any stages in that order), BUDGET_MIN (the
-# first two stages, split 40:45; or BUDGET_F ... BUDGET_X, BUDGET_A ... BUDGET_D), PACK, WORKERS, GEN_WORKERS, DEVICE,
+# Settings (environment): STAGES (fg, the default; fghiklnpqrstuvwxyz; abcd; any stages in that order), BUDGET_MIN (the
+# first two stages, split 40:45; or BUDGET_F ... BUDGET_Z, BUDGET_A ... BUDGET_D; Y runs 501 steps unless BUDGET_Y), PACK, WORKERS, GEN_WORKERS, DEVICE,
 # AUTOCAST, TOKENIZER (a directory, or "train"), DATA_ONLY=1 (stop after the data), PYTHON. Extra arguments go
 # to every `qwenvl train` call. A stage whose export exists is skipped (delete OUT_DIR/f, .../g, ... to redo it).
 set -euo pipefail
@@ -82,7 +87,7 @@ build "$D/o0" train 0 documents,gui 300 13
 build "$D/o1" train 1 documents,gui 300 14
 build "$D/t0" train 0 text,video 100 15
 build "$D/t1" train 1 text,video 100 16
-if [[ "${STAGES:-fg}" == *[wx]* ]]; then  # the text / video / GUI families at the grounding sets' scale
+if [[ "${STAGES:-fg}" == *[wxz]* ]]; then  # the text / video / GUI families at the grounding sets' scale
   build "$D/rt0" train 0 read_text 3000 41
   build "$D/st0" train 0 spot_text 1500 42
   build "$D/rt1" train 1 read_text,spot_text,key_values 1000 43
@@ -92,10 +97,31 @@ if [[ "${STAGES:-fg}" == *[wx]* ]]; then  # the text / video / GUI families at t
   build "$D/u1" train 1 computer_use 1000 47
   build "$D/d01" train 1 document 600 48
 fi
+if [[ "${STAGES:-fg}" == *z* ]]; then  # stage Z's extra videos
+  build "$D/v2" train 0 video_grounding 3000 51
+  build "$D/v3" train 1 video_grounding 2000 52
+fi
+if [[ "${STAGES:-fg}" == *y* ]]; then  # stage Y's fresh mix: W/X's families at ~1.5x, new seeds (43,700 records)
+  build "$D/y/rt0" train 0 read_text 4500 141
+  build "$D/y/st0" train 0 spot_text 2200 142
+  build "$D/y/rt1" train 1 read_text,spot_text,key_values 1500 143
+  build "$D/y/v0" train 0 video_grounding 3700 144
+  build "$D/y/v1" train 1 video_grounding 2200 145
+  build "$D/y/u0" train 0 computer_use 2200 146
+  build "$D/y/u1" train 1 computer_use 1500 147
+  build "$D/y/d01" train 1 document 900 148
+  build "$D/y/g0" train 0 grounding 1500 111
+  build "$D/y/g1" train 1 grounding 1500 112
+  build "$D/y/o0" train 0 documents,gui 300 113
+  build "$D/y/o1" train 1 documents,gui 300 114
+  build "$D/y/t0" train 0 text,video 100 115
+  build "$D/y/t1" train 1 text,video 100 116
+  build "$D/y/s224" train 1 grounding 2000 124 --max-side 224
+fi
 # the report's held-out files (docs/embedded-model.md)
-[ -f "$D/heldout-c0.jsonl" ] || $PY -m qwenvl.synth.build --out "$D" --split heldout --n 20 --seed 1 --curriculum 0 \
+[ -f "$D/heldout-c0.jsonl" ] || $PY -m qwenvl.synth.build --out "$D" --split heldout --n 40 --seed 1 --curriculum 0 \
     --name heldout-c0 --workers "$GEN_WORKERS"
-[ -f "$D/heldout-c1.jsonl" ] || $PY -m qwenvl.synth.build --out "$D" --split heldout --n 20 --seed 1001 \
+[ -f "$D/heldout-c1.jsonl" ] || $PY -m qwenvl.synth.build --out "$D" --split heldout --n 40 --seed 1001 \
     --curriculum 1 --name heldout-c1 --workers "$GEN_WORKERS"
 [ "${DATA_ONLY:-0}" = 1 ] && exit 0
 mix="$D/g0/train.jsonl,$D/g1/train.jsonl,$D/o0/train.jsonl,$D/o1/train.jsonl,$D/t0/train.jsonl,$D/t1/train.jsonl"
@@ -131,7 +157,7 @@ A=$D/a/train.jsonl
 AH=$D/a/heldout.jsonl
 CH=$D/heldout-c0.jsonl,$D/heldout-c1.jsonl
 M=$D/m/train.jsonl
-# the shipped model (fourteenth session): F, G, H, I, the ladder K, L, N, then P, Q, R, S, T, U, V, W, X
+# the shipped model (fifteenth session): F, G, H, I, the ladder K, L, N, then P, Q, R, S, T, U, V, W, X, Y, Z
 stage f init "$A" "$AH" "${BUDGET_F:-40}" 1e-3 30 0 frozen "$@"
 stage g f "$A" "$AH" "${BUDGET_G:-45}" 5e-4 20 5 0.01 "$@"
 stage h g "$M,$A" "$AH" "${BUDGET_H:-18}" 5e-4 20 7 0.01 "$@"
@@ -164,10 +190,17 @@ TX=$D/rt0/train.jsonl,$D/st0/train.jsonl,$D/rt1/train.jsonl,$D/v0/train.jsonl,$D
 TX=$TX,$D/u1/train.jsonl,$D/d01/train.jsonl,$mix,$D/s224/train.jsonl
 stage w v "$TX" "$CH" "${BUDGET_W:-50}" 3e-4 20 18 frozen "$@"
 stage x w "$TX" "$CH" "${BUDGET_X:-25}" 1.5e-4 20 19 frozen "$@"
+# Y: X on the GPU (scripts/device_stage_y.sh; 2.2 min on an H200, 12 loader processes): 501 steps of 16,384 tokens
+YX=
+for y in rt0 st0 rt1 v0 v1 u0 u1 d01 g0 g1 o0 o1 t0 t1 s224; do YX=$YX${YX:+,}$D/y/$y/train.jsonl; done
+stage y x "$YX" "$D/heldout-c1.jsonl" "${BUDGET_Y:-0}" 2e-4 20 23 frozen --max-steps 501 --pack-length 16384 \
+    --eval-every 100 --set eval_max_samples=40 "$@"
+# Z: Y continued on 2 CPU cores on W/X's data + 5,000 more videos (data/v2, data/v3), towers frozen, 50 min
+stage z y "$TX,$D/v2/train.jsonl,$D/v3/train.jsonl" "$D/heldout-c1.jsonl" "${BUDGET_Z:-50}" 1.5e-4 20 24 frozen "$@"
 # the earlier chain (shipped until the eleventh session; scripts/claims.sh starts from A)
 stage a init "$A" "$AH" "${BUDGET_A:-40}" 1e-3 30 0 0.01 "$@"
 stage b a "$mix" "$CH" "${BUDGET_B:-45}" 6e-4 30 0 0.01 "$@"
 stage c b "$mix" "$CH" "${BUDGET_C:-30}" 4e-4 10 1 0.01 "$@"
 stage d c "$A,$mix" "$CH" "${BUDGET_D:-80}" 4e-4 30 2 0.01 "$@"
-[ -n "$last" ] || { echo "error: STAGES=$STAGES names no stage; use letters from fghijklnpqrstuvwx and abcd" >&2; exit 2; }
+[ -n "$last" ] || { echo "error: STAGES=$STAGES names no stage; use letters from fghijklnpqrstuvwxyz and abcd" >&2; exit 2; }
 echo "weights: $OUT_DIR/$last/export"

@@ -81,7 +81,7 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
 class Trainer:
     def __init__(self, cfg: TrainConfig, vlm=None):
         import qwenvl
-        from ..device import cpu_has_fast_bf16
+        from ..device import cpu_has_fast_bf16, varlen_friendly_sdpa
         from .data import PreferenceData, SFTData
 
         cfg.validate()
@@ -89,6 +89,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.dist = distributed.setup(cfg.device)
         dev = self.dist.device
+        varlen_friendly_sdpa(dev)  # packed lengths change every step
         self.out = Path(cfg.out_dir)
         if vlm is None:
             vlm = qwenvl.load(self._model_dir(), dtype=cfg.dtype, device=dev, pack=False)
