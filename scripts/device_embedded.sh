@@ -36,23 +36,8 @@ if [ $rc -ne 0 ]; then  # e.g. a small /dev/shm: once more without loader proces
   rm -rf $E/a $E/b; left=$(( TOTAL_S - ($(date +%s) - T0) - 45 ))
   [ $left -gt 40 ] && { train 0 "$(python3 -c "print(round($left / 60, 2))")"; echo "retry rc=$?" >> "$OUT/train.log"; }
 fi
-$PY - <<'PY'
-import shutil, torch
-from pathlib import Path
-from safetensors.torch import load_file, save_file
-src, dst = Path("/tmp/emb/b/export"), Path("/tmp/pkg/embedded")
-dst.mkdir(parents=True, exist_ok=True)
-sd = {}
-for f in sorted(src.glob("*.safetensors")):
-    sd.update(load_file(f))
-save_file({k: v.to(torch.bfloat16).contiguous() for k, v in sd.items()}, dst / "model.safetensors",
-          metadata={"format": "pt"})
-for f in src.iterdir():
-    if not f.name.endswith((".safetensors", ".json.index")) and f.is_file() and "index" not in f.name:
-        shutil.copy(f, dst / f.name)
-shutil.copy("/tmp/emb/a/metrics.jsonl", "/tmp/pkg/metrics-a.jsonl")
-shutil.copy("/tmp/emb/b/metrics.jsonl", "/tmp/pkg/metrics-b.jsonl")
-PY
+$PY scripts/export_bf16.py /tmp/emb/b/export /tmp/pkg/embedded \
+  && cp /tmp/emb/a/metrics.jsonl /tmp/pkg/metrics-a.jsonl && cp /tmp/emb/b/metrics.jsonl /tmp/pkg/metrics-b.jsonl
 echo "pack rc=$?" >> "$OUT/train.log"
 tar czf - -C /tmp pkg | split -b 15M - "$OUT/emb.tgz."
 ls -la "$OUT"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage Y on a lent GPU machine (the device tool; results under $OUT), in one prepared run:
 #   0. PyAV from .whl/ and the DejaVu fonts from .devrun/fonts/ (so the pictures match the ones made on the CPU host)
-#   1. fresh synthetic data, the stage-W/X mix at ~1.5x its size with new seeds (text, video, GUI, documents at
+#   1. fresh synthetic data (scripts/stage_y_data.sh): the stage-W/X mix at ~1.5x, new seeds (text, video, GUI, documents at
 #      the grounding sets' scale + the mix + s224; 43,700 records in 97 s on 14 cores), rendered while a 6-step
 #      CUDA smoke run checks the trainer (towers trainable, so the vision backward runs too); a failed smoke ends
 #      the run at once
@@ -62,22 +62,9 @@ build() {  # OUT SPLIT CURRICULUM TASKS N SEED [more]
   $PY -m qwenvl.synth.build --out "$out" --split "$split" --curriculum "$lvl" --tasks "$tasks" --n "$(n "$k")" \
       --seed "$seed" --workers "$W" "$@" >> "$E/logs/data.log" 2>&1 || echo "build $out failed" >> "$E/logs/data.log"
 }
+source scripts/stage_y_data.sh
 (
-  build "$D/rt0" train 0 read_text 4500 141
-  build "$D/st0" train 0 spot_text 2200 142
-  build "$D/rt1" train 1 read_text,spot_text,key_values 1500 143
-  build "$D/v0" train 0 video_grounding 3700 144
-  build "$D/v1" train 1 video_grounding 2200 145
-  build "$D/u0" train 0 computer_use 2200 146
-  build "$D/u1" train 1 computer_use 1500 147
-  build "$D/d01" train 1 document 900 148
-  build "$D/g0" train 0 grounding 1500 111
-  build "$D/g1" train 1 grounding 1500 112
-  build "$D/o0" train 0 documents,gui 300 113
-  build "$D/o1" train 1 documents,gui 300 114
-  build "$D/t0" train 0 text,video 100 115
-  build "$D/t1" train 1 text,video 100 116
-  build "$D/s224" train 1 grounding 2000 124 --max-side 224
+  ydata
   $PY -m qwenvl.synth.build --out "$D" --split heldout --n 40 --seed 1 --curriculum 0 --name heldout-c0 \
       --workers "$W" >> "$E/logs/data.log" 2>&1
   $PY -m qwenvl.synth.build --out "$D" --split heldout --n 40 --seed 1001 --curriculum 1 --name heldout-c1 \
@@ -99,10 +86,10 @@ if [ $rc -ne 0 ]; then
 fi
 tail -3 "$E/smoke-run/metrics.jsonl" | tee -a "$E/logs/run.log"
 wait $data
-say "data done: $(cat $D/*/train.jsonl | wc -l) records; $(grep -c failed "$E/logs/data.log") failed builds"
+say "data done: $(cat $D/y/*/train.jsonl | wc -l) records; $(grep -c failed "$E/logs/data.log") failed builds"
 grep failed "$E/logs/data.log" | tee -a "$E/logs/run.log"
 
-TX=$(ls $D/*/train.jsonl | paste -sd, -)
+TX=$(ylist)
 budget=$($PY -c "print(round(max(0.5, ($TOTAL_S - ($(date +%s) - $T0) - 75) / 60), 2))")
 say "training budget $budget min each, $LW loader processes each"
 run() {  # NAME SEED [towers settings]
@@ -121,26 +108,8 @@ run y2 22 --set vision_lr="$($PY -c "print($LR / 10)")" --set merger_lr="$($PY -
 r2=$!
 wait $r1 $r2
 say "training done"
-$PY - "$E" <<'PY' >> "$E/logs/run.log" 2>&1
-import shutil, sys, torch
-from pathlib import Path
-from safetensors.torch import load_file, save_file
-e = Path(sys.argv[1])
-for name in ("y1", "y2"):
-    src, dst = e / name / "export", e / "pkg" / name
-    if not (src / "config.json").is_file():
-        print(name, "no export"); continue
-    dst.mkdir(parents=True, exist_ok=True)
-    sd = {}
-    for f in sorted(src.glob("*.safetensors")):
-        sd.update(load_file(f))
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in sd.items()}, dst / "model.safetensors",
-              metadata={"format": "pt"})
-    for f in src.iterdir():
-        if f.is_file() and not f.name.endswith(".safetensors") and "index" not in f.name:
-            shutil.copy(f, dst / f.name)
-    shutil.copy(e / name / "metrics.jsonl", dst / "metrics.jsonl")
-    print(name, "packed", len(sd), "tensors")
-PY
+for name in y1 y2; do
+  $PY scripts/export_bf16.py "$E/$name/export" "$E/pkg/$name" --metrics "$E/$name/metrics.jsonl" >> "$E/logs/run.log" 2>&1
+done
 say "packed"
 pack

@@ -101,23 +101,8 @@ if [[ "${STAGES:-fg}" == *z* ]]; then  # stage Z's extra videos
   build "$D/v2" train 0 video_grounding 3000 51
   build "$D/v3" train 1 video_grounding 2000 52
 fi
-if [[ "${STAGES:-fg}" == *y* ]]; then  # stage Y's fresh mix: W/X's families at ~1.5x, new seeds (43,700 records)
-  build "$D/y/rt0" train 0 read_text 4500 141
-  build "$D/y/st0" train 0 spot_text 2200 142
-  build "$D/y/rt1" train 1 read_text,spot_text,key_values 1500 143
-  build "$D/y/v0" train 0 video_grounding 3700 144
-  build "$D/y/v1" train 1 video_grounding 2200 145
-  build "$D/y/u0" train 0 computer_use 2200 146
-  build "$D/y/u1" train 1 computer_use 1500 147
-  build "$D/y/d01" train 1 document 900 148
-  build "$D/y/g0" train 0 grounding 1500 111
-  build "$D/y/g1" train 1 grounding 1500 112
-  build "$D/y/o0" train 0 documents,gui 300 113
-  build "$D/y/o1" train 1 documents,gui 300 114
-  build "$D/y/t0" train 0 text,video 100 115
-  build "$D/y/t1" train 1 text,video 100 116
-  build "$D/y/s224" train 1 grounding 2000 124 --max-side 224
-fi
+source scripts/stage_y_data.sh
+if [[ "${STAGES:-fg}" == *y* ]]; then ydata; fi  # stage Y's fresh mix
 # the report's held-out files (docs/embedded-model.md)
 [ -f "$D/heldout-c0.jsonl" ] || $PY -m qwenvl.synth.build --out "$D" --split heldout --n 40 --seed 1 --curriculum 0 \
     --name heldout-c0 --workers "$GEN_WORKERS"
@@ -191,9 +176,7 @@ TX=$TX,$D/u1/train.jsonl,$D/d01/train.jsonl,$mix,$D/s224/train.jsonl
 stage w v "$TX" "$CH" "${BUDGET_W:-50}" 3e-4 20 18 frozen "$@"
 stage x w "$TX" "$CH" "${BUDGET_X:-25}" 1.5e-4 20 19 frozen "$@"
 # Y: X on the GPU (scripts/device_stage_y.sh; 2.2 min on an H200, 12 loader processes): 501 steps of 16,384 tokens
-YX=
-for y in rt0 st0 rt1 v0 v1 u0 u1 d01 g0 g1 o0 o1 t0 t1 s224; do YX=$YX${YX:+,}$D/y/$y/train.jsonl; done
-stage y x "$YX" "$D/heldout-c1.jsonl" "${BUDGET_Y:-0}" 2e-4 20 23 frozen --max-steps 501 --pack-length 16384 \
+stage y x "$(ylist)" "$D/heldout-c1.jsonl" "${BUDGET_Y:-0}" 2e-4 20 23 frozen --max-steps 501 --pack-length 16384 \
     --eval-every 100 --set eval_max_samples=40 "$@"
 # Z: Y continued on 2 CPU cores on W/X's data + 5,000 more videos (data/v2, data/v3), towers frozen, 50 min
 stage z y "$TX,$D/v2/train.jsonl,$D/v3/train.jsonl" "$D/heldout-c1.jsonl" "${BUDGET_Z:-50}" 1.5e-4 20 24 frozen "$@"
