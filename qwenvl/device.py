@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 
 import torch
 
@@ -54,7 +55,6 @@ def varlen_friendly_sdpa(device: torch.device | str) -> bool:
     and per window group, and those lengths change every step, so nearly every call plans anew. On an H200
     (torch 2.11) a 16,384-token step of the embedded model took 4.6 s with it and 0.5 s without
     (docs/embedded-runs/notes.md). Process-wide; `QWENVL_CUDNN_SDPA=1` keeps cuDNN. Returns True when it acted."""
-    import os
     if torch.device(device).type != "cuda" or os.environ.get("QWENVL_CUDNN_SDPA") == "1":
         return False
     if torch.backends.cuda.cudnn_sdp_enabled():
