@@ -139,3 +139,65 @@ def test_diagnose_notes_a_position_blind_rope(ckpt):
     blind = position_reach(replace(vlm.config, text=replace(vlm.config.text, rope_theta=1e12)), samples)
     assert blind["w"] < 1e-3 and "columns" in blind["note"] and "rows" in blind["note"]
     assert "position_reach" in diagnose(vlm, samples)
+
+
+def test_mrope_alias_reads_the_rotary_tables_and_flags_the_embedded_temporal_axis():
+    """K(d) is the mean cosine of the component's rotations at offset d, read back from the model's MRoPE tables;
+    the embedded shape (theta 5, [4, 14, 14]) aliases in time over a 60 s clip (120 positions), the official one
+    (theta 1e6, [16, 24, 24], head_dim 128) does not, and neither aliases across a 12-token picture."""
+    from qwenvl.model.layers import mrope_alias, mrope_cos_sin
+
+    sec = (4, 14, 14)
+    a = mrope_alias(64, 5.0, sec, 120)
+    for k, name in enumerate("thw"):
+        d = a[name]["offset"]
+        ids = torch.zeros(3, 1, 2, dtype=torch.long)
+        ids[k, 0, 1] = d
+        cos, _ = mrope_cos_sin(ids, 64, 5.0, sec, torch.float64)
+        first = sum(sec[:k])
+        assert cos[0, 1, first:first + sec[k]].mean().item() == pytest.approx(a[name]["similarity"], abs=1e-5)
+    t = a["t"]
+    assert t["aliased"] and t["similarity"] > 0.85 > 0.65 > t["neighbour"] and 5 <= t["offset"] <= 8
+    assert not mrope_alias(64, 5.0, sec, 12)["h"]["aliased"] and not mrope_alias(64, 5.0, sec, 12)["w"]["aliased"]
+    assert not mrope_alias(128, 1e6, (16, 24, 24), 120)["t"]["aliased"]
+    assert mrope_alias(64, 5.0, sec, 1)["t"] is None and mrope_alias(64, 5.0, (0, 16, 16), 50)["t"] is None
+
+
+def _video_sample(vlm, tmp_path, n_frames, fps):
+    from PIL import Image
+
+    frames = []
+    for i in range(n_frames):
+        p = tmp_path / f"f{i:03d}.png"
+        Image.new("RGB", (56, 56), (10 * i % 250, 80, 160)).save(p)
+        frames.append(str(p))
+    rec = {"messages": [
+        {"role": "user", "content": [{"type": "video", "video": frames, "fps": fps},
+                                     {"type": "text", "text": "When does it turn red?"}]},
+        {"role": "assistant", "content": "The given query happens in 1.0 - 2.0 seconds."}]}
+    f = tmp_path / "v.jsonl"
+    f.write_text(json.dumps(rec) + "\n")
+    return SFTData([f], vlm.processor)[0]
+
+
+def test_diagnose_notes_a_temporal_axis_that_aliases(ckpt, tmp_path):
+    from dataclasses import replace
+
+    from qwenvl.train.diagnose import position_reach, temporal_span
+
+    vlm = qwenvl.load(ckpt, dtype=torch.float32, pack=False)
+    s = _video_sample(vlm, tmp_path, 24, 1.0)  # 12 temporal patches of 2 s each, 2 positions per second
+    grid_t = int(s.video_grid_thw[0, 0])
+    assert grid_t == 12
+    tps = vlm.config.vision.tokens_per_second
+    assert temporal_span(vlm.config, [s]) == int((grid_t - 1) * 2.0 * tps) == 44
+    assert temporal_span(vlm.config, _samples(vlm)) == 0  # pictures only
+    # the tiny model's head_dim is 32: theta sqrt(5) with a 4-frequency t section gives the embedded model's
+    # temporal frequencies (5 ** (-j / 32), j = 0..3)
+    assert vlm.config.text.head_dim == 32
+    embedded = replace(vlm.config, text=replace(vlm.config.text, rope_theta=5.0 ** 0.5, mrope_section=(4, 6, 6)))
+    r = position_reach(embedded, [s])
+    assert r["t_span"] == 44 and r["t_alias"]["aliased"] and "temporal component aliases" in r["note"]
+    spread = replace(vlm.config, text=replace(vlm.config.text, rope_theta=1e4, mrope_section=(4, 6, 6)))
+    r = position_reach(spread, [s])
+    assert not r["t_alias"]["aliased"] and "temporal" not in (r["note"] or "")

@@ -85,3 +85,31 @@ def mrope_reach(head_dim: int, theta: float, mrope_section, span: int) -> dict[s
         out[name] = float(freqs[start]) * span if n else 0.0  # freqs fall with the index: the first is the fastest
         start += n
     return out
+
+
+def mrope_alias(head_dim: int, theta: float, mrope_section, span: int) -> dict[str, dict | None]:
+    """Per MRoPE component (t, h, w): the offset in 2..`span` whose rotary code looks most like offset 0.
+
+    A component's code for a position is its frequencies' rotations; two positions d apart are alike by
+    K(d) = mean_j cos(w_j d) over that component's frequencies (1: the same code). A good code falls with d over
+    the range the model must tell apart. When K comes back above K(1) at some d >= 2, positions d apart look
+    nearer than neighbours do: the axis aliases, and reading an absolute value off it is ambiguous. With theta 5
+    and sections [4, 14, 14] (the embedded model) the temporal component's four frequencies lie within 15 % of
+    1 rad per position, so K(7) = 0.91 against K(1) = 0.60: video frames 3.5 s apart (2 positions per second)
+    carry nearly the same temporal code. Returns {"offset", "similarity", "neighbour", "aliased"} per component
+    (None for an empty section or a span under 2).
+    """
+    freqs = inv_freq(head_dim, theta).double()
+    out, start = {}, 0
+    for name, n in zip("thw", mrope_section):
+        w = freqs[start:start + n]
+        start += n
+        if n == 0 or span < 2:
+            out[name] = None
+            continue
+        d = torch.arange(1, span + 1, dtype=torch.float64)
+        k = torch.cos(d[:, None] * w[None, :]).mean(dim=1)  # (span,) K(1..span)
+        i = int(k[1:].argmax()) + 1
+        out[name] = {"offset": i + 1, "similarity": float(k[i]), "neighbour": float(k[0]),
+                     "aliased": bool(k[i] > k[0])}
+    return out

@@ -22,7 +22,8 @@ curve alone does not show it. This module measures it:
   reach below that too and still ground, having learned positions from far more data. The note also says when
   even the slowest frequency turns fast (theta 5: 0.21 rad per token): then a lookup by content at a varying
   distance is slower to learn (at theta 5 the embedded shape learned a short text copy in ≈ 90 steps against ≈ 50
-  at theta 1000).
+  at theta 1000), and when the temporal component aliases over the longest clip (`mrope_alias`: positions several
+  apart with nearly the same temporal code, as the embedded model's theta 5 with a 4-frequency t section gives).
 
     python -m qwenvl.train.diagnose -m CHECKPOINT --data heldout.jsonl [--n 24]
 """
@@ -158,9 +159,25 @@ def grad_norms(model, samples) -> dict:
         model.train(was_training)
 
 
+def temporal_span(cfg, samples) -> int:
+    """The largest spread of MRoPE temporal positions over one video's tokens in `samples` (0 without videos),
+    read off the samples' own position ids."""
+    span = 0
+    for s in samples:
+        if s.video_grid_thw is None or not len(s.video_grid_thw):
+            continue
+        idx = (s.input_ids == cfg.video_token_id).nonzero().flatten()  # sequence indices of the video tokens
+        runs = torch.tensor_split(idx, ((idx[1:] - idx[:-1]) > 1).nonzero().flatten() + 1)  # one run per video
+        for r in runs:
+            if len(r):
+                t = s.position_ids[0, r]  # (n,) temporal ids of one video's tokens
+                span = max(span, int(t.max() - t.min()))
+    return span
+
+
 def position_reach(cfg, samples) -> dict:
     """MRoPE turn (radians) across the largest picture's rows and columns, and a note where it is under 1."""
-    from ..model.layers import inv_freq, mrope_reach
+    from ..model.layers import inv_freq, mrope_alias, mrope_reach
 
     merge = cfg.vision.spatial_merge_size
     rows = cols = 1
@@ -177,6 +194,15 @@ def position_reach(cfg, samples) -> dict:
             if n > 1 and out[k] < 1.0]
     notes = [("; ".join(weak) + ": attention cannot place visual tokens along that axis by position "
               "(a smaller rope_theta or wider h/w sections help a model trained from scratch)")] if weak else []
+    span_t = temporal_span(cfg, samples)
+    out["t_span"] = span_t
+    out["t_alias"] = mrope_alias(t.head_dim, t.rope_theta, t.mrope_section, span_t)["t"] if span_t >= 2 else None
+    a = out["t_alias"]
+    if a and a["aliased"]:
+        notes.append(f"the temporal component aliases over the longest clip ({span_t} positions): offsets "
+                     f"{a['offset']} apart look {a['similarity']:.2f} alike against {a['neighbour']:.2f} for "
+                     "neighbours, so answers cannot read a frame's time off its position (a larger rope_theta or a "
+                     "wider t section spreads the temporal frequencies)")
     out["slowest"] = float(inv_freq(t.head_dim, t.rope_theta)[-1])  # rad per token
     if out["slowest"] > FAST_ONLY:
         notes.append(f"even the slowest frequency turns {out['slowest']:.2g} rad per token: lookups by content at a "
