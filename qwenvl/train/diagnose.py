@@ -201,7 +201,7 @@ def position_reach(cfg, samples) -> dict:
     if a and a["aliased"]:
         notes.append(f"the temporal component aliases over the longest clip ({span_t} positions): offsets "
                      f"{a['offset']} apart look {a['similarity']:.2f} alike against {a['neighbour']:.2f} for "
-                     "neighbours, so answers cannot read a frame's time off its position (a larger rope_theta or a "
+                     "neighbours, so a frame's time is ambiguous from its position alone (a larger rope_theta or a "
                      "wider t section spreads the temporal frequencies)")
     out["slowest"] = float(inv_freq(t.head_dim, t.rope_theta)[-1])  # rad per token
     if out["slowest"] > FAST_ONLY:
