@@ -103,3 +103,30 @@ def test_axis_accuracy_splits_columns_from_rows():
     recs = [{"meta": {"answer": f"It is {w}."}} for w in ("left", "right", "top", "bottom", "top")]
     assert axis_accuracy(recs, [1.0, 0.0, 1.0, 1.0, 0.0]) == {"accuracy_left_right": 0.5, "accuracy_top_bottom": 2 / 3}
     assert axis_accuracy(recs[2:], [1.0, 1.0, 1.0]) == {"accuracy_top_bottom": 1.0}
+
+
+def test_when_clips_show_the_square_in_the_answered_second_only(tmp_path):
+    """`when`: frames at 2 fps, the square in frames 2k and 2k + 1 only, the answer names k; the clip loads as one
+    temporal patch per second with temporal MRoPE ids 2 apart; the score is the error in seconds."""
+    from qwenvl.tiny import make_random_checkpoint
+    import qwenvl
+    from qwenvl.train.data import SFTData
+
+    path = build(tmp_path, "when", 12, seed=4, split="train")
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len({r["meta"]["seconds"] for r in recs}) > 3
+    for r in recs:
+        m, video = r["meta"], r["messages"][0]["content"][0]
+        assert len(video["video"]) == 2 * m["seconds"] and video["fps"] == 2.0
+        shown = [i for i, f in enumerate(video["video"])
+                 if (np.asarray(Image.open(tmp_path / f).convert("RGB")) != np.array(BACKGROUND)).any()]
+        assert shown == [2 * m["second"], 2 * m["second"] + 1]
+        assert r["messages"][1]["content"] == f"It appears at {m['second']} seconds."
+    vlm = qwenvl.load(make_random_checkpoint(tmp_path / "m", seed=0), pack=False)
+    s = SFTData([path], vlm.processor)[0]
+    assert s.video_grid_thw.tolist() == [[recs[0]["meta"]["seconds"], 4, 4]]  # 56 px frames: 2 x 2 merged tokens
+    t = s.position_ids[0, s.input_ids == vlm.config.video_token_id].unique()
+    assert (t[1:] - t[:-1]).tolist() == [2] * (recs[0]["meta"]["seconds"] - 1)
+    rec = {"meta": {"task": "probe_when", "second": 7, "seconds": 12}}
+    assert score(rec, "It appears at 9 seconds.") == 2.0 and score(rec, "It appears at 7 seconds.") == 0.0
+    assert score(rec, "soon") == 12.0

@@ -12,6 +12,9 @@ one skill:
 - `point_sizes`: `point` on pictures of 2-5 x 2-5 merged tokens (56-140 px a side, at most 16 tokens). The width
   in tokens varies, and so does the answer's distance from the picture (the text after a picture starts at its
   largest row/column index + 1); a model that found the square through a shortcut for one size fails here.
+- `when`: a clip of 4-24 s (56 x 56 px frames at 2 fps: one temporal patch, 2 x 2 visual tokens, per second)
+  in which the square shows during one second only -> "It appears at 13 seconds." (time: every frame but two is
+  blank, so the answer must find the patch by content and read its time from the temporal MRoPE ids, 2 per s).
 
 A recipe that cannot learn `side` cannot learn boxes, points, clicks or time spans. The embedded model's notes
 (docs/embedded-runs/notes.md) table what the 10.5M-parameter model learns from each and after how many samples.
@@ -32,17 +35,44 @@ from PIL import Image, ImageDraw
 
 from . import COLOURS, DEFAULT_MIN_PIXELS, SPLIT_OFFSET, save_png
 
-TASKS = ("colour", "side", "cell", "point", "point_sizes")
+TASKS = ("colour", "side", "cell", "point", "point_sizes", "when")
 POINT_TASKS = ("probe_point", "probe_point_sizes")  # scored by pixel error
 CELL = 28  # pixels per merged visual token (patch 14 x merge 2)
 SIZE = 112  # pixels: 4 x 4 merged visual tokens; the processor keeps this size
 SIZES = [(w, h) for w in range(56, 141, CELL) for h in range(56, 141, CELL) if w * h <= SIZE * SIZE]  # point_sizes
 LIMITS = {"min_pixels": DEFAULT_MIN_PIXELS, "max_pixels": SIZE * SIZE}
+WHEN_SIDE, WHEN_FPS, WHEN_SECONDS = 56, 2.0, (4, 24)  # `when`: frame size, sampling rate, clip length range (s)
 BACKGROUND = (245, 245, 240)
 
 
+def when_record(rng: random.Random, out: Path, name: str) -> dict:
+    """A `when` clip as a list of PNG frames (sampled at WHEN_FPS) and its record."""
+    colour = rng.choice(sorted(COLOURS))
+    seconds = rng.randint(*WHEN_SECONDS)
+    k = rng.randrange(seconds)  # the second (= temporal patch) in which the square shows
+    s = rng.randint(18, 26)
+    x, y = rng.randint(0, WHEN_SIDE - s), rng.randint(0, WHEN_SIDE - s)
+    blank = Image.new("RGB", (WHEN_SIDE, WHEN_SIDE), BACKGROUND)
+    shown = blank.copy()
+    ImageDraw.Draw(shown).rectangle([x, y, x + s - 1, y + s - 1], fill=COLOURS[colour])
+    per_s = round(WHEN_FPS)
+    paths = {"blank": f"media/{name}-blank.png", "shown": f"media/{name}-shown.png"}  # frames repeat two files
+    save_png(blank, out / paths["blank"])
+    save_png(shown, out / paths["shown"])
+    frames = [paths["shown" if i // per_s == k else "blank"] for i in range(seconds * per_s)]
+    a = f"It appears at {k} seconds."
+    video = {"type": "video", "video": frames, "fps": WHEN_FPS, "min_pixels": WHEN_SIDE ** 2,
+             "max_pixels": WHEN_SIDE ** 2}
+    return {"messages": [{"role": "user", "content": [video, {"type": "text", "text": "When does the square appear?"}]},
+                         {"role": "assistant", "content": a}],
+            "meta": {"task": "probe_when", "answer": a, "colour": colour, "second": k, "seconds": seconds}}
+
+
 def make_record(task: str, rng: random.Random, out: Path, name: str) -> dict:
-    """Render one picture under out/media/ and return its record (meta keeps the ground truth)."""
+    """Render one picture (a clip for `when`) under out/media/ and return its record (meta keeps the ground
+    truth)."""
+    if task == "when":
+        return when_record(rng, out, name)
     colour = rng.choice(sorted(COLOURS))
     W, H = rng.choice(SIZES) if task == "point_sizes" else (SIZE, SIZE)
     if task == "cell":
@@ -93,8 +123,11 @@ def answer_word(meta: dict) -> str:
 
 def score(record: dict, text: str) -> float:
     """1/0 for `colour` and `side` (the expected word is in the answer); for `point`, the mean absolute error of
-    the centre in pixels (SIZE when no "[x, y]" is found)."""
+    the centre in pixels (SIZE when no "[x, y]" is found); for `when`, the error in seconds."""
     m = record["meta"]
+    if m["task"] == "probe_when":  # seconds off (the clip's length when no number is found)
+        nums = re.findall(r"\d+", text)
+        return float(abs(int(nums[0]) - m["second"])) if nums else float(m["seconds"])
     if m["task"] in POINT_TASKS:
         nums = [int(v) for v in re.findall(r"\d+", text)[:2]]
         if len(nums) < 2:
@@ -113,7 +146,11 @@ def evaluate(vlm, data: Path, n: int = 60) -> dict:
     vals = [score(r, g.text) for r, g in zip(recs, gens)]
     task = recs[0]["meta"]["task"]
     out = {"task": task, "n": len(vals), "examples": [g.text for g in gens[:4]]}
-    if task in POINT_TASKS:
+    if task == "probe_when":
+        out["accuracy"] = sum(v == 0 for v in vals) / len(vals)
+        out["mean_abs_error_s"] = sum(vals) / len(vals)
+        out["middle_guess_s"] = sum(abs(r["meta"]["second"] - (r["meta"]["seconds"] - 1) / 2) for r in recs) / len(recs)
+    elif task in POINT_TASKS:
         out["mean_abs_error_px"] = sum(vals) / len(vals)
         out["centre_guess_px"] = centre_guess(recs)
     else:
