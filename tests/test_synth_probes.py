@@ -4,6 +4,7 @@ import json
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +131,26 @@ def test_when_clips_show_the_square_in_the_answered_second_only(tmp_path):
     rec = {"meta": {"task": "probe_when", "second": 7, "seconds": 12}}
     assert score(rec, "It appears at 9 seconds.") == 2.0 and score(rec, "It appears at 7 seconds.") == 0.0
     assert score(rec, "soon") == 12.0
+
+
+def test_when_clips_are_scored_from_their_frame_lists(tmp_path):
+    """Frame-list videos in a JSONL resolve against its directory (as single media paths do), so `score` runs on
+    `when` clips end to end and reports the blind middle-of-the-clip error beside the model's."""
+    from qwenvl.tiny import make_random_checkpoint
+    import qwenvl
+    from qwenvl.synth.evaluate import _absolute
+    from qwenvl.synth.probes import evaluate
+
+    path = build(tmp_path / "p", "when", 3, seed=1, split="heldout")
+    rec = json.loads(path.read_text().splitlines()[0])
+    video = _absolute(rec["messages"], path.parent)[0]["content"][0]["video"]
+    assert all(Path(f).is_absolute() and Path(f).is_file() for f in video)
+    assert _absolute([{"role": "user", "content": [{"type": "image", "image": "https://x/y.png"}]}],
+                     tmp_path)[0]["content"][0]["image"] == "https://x/y.png"
+    vlm = qwenvl.load(make_random_checkpoint(tmp_path / "m", seed=0))
+    out = evaluate(vlm, path, n=3)
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    assert out["task"] == "probe_when" and out["n"] == 3 and 0.0 <= out["accuracy"] <= 1.0
+    assert out["middle_guess_s"] == pytest.approx(
+        sum(abs(r["meta"]["second"] - (r["meta"]["seconds"] - 1) / 2) for r in recs) / 3)
+    assert out["mean_abs_error_s"] >= 0.0

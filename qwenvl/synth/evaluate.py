@@ -164,13 +164,19 @@ def evaluate(vlm, data: str | Path, per_task: int = 10, max_new_tokens: int = 38
 
 
 def _absolute(messages: list[dict], base: Path) -> list[dict]:
-    """Media paths in the JSONL are relative to its directory."""
+    """Media paths in the JSONL are relative to its directory (a video may be a list of frame paths)."""
+    def fix(v):
+        if isinstance(v, str) and not Path(v).is_absolute() and "://" not in v and not v.startswith("data:"):
+            return str(base / v)
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
     out = []
     for msg in messages:
         content = msg["content"]
         if isinstance(content, list):
-            content = [{**p, **{k: str(base / p[k]) for k in ("image", "video")
-                                if isinstance(p.get(k), str) and not Path(p[k]).is_absolute()}} for p in content]
+            content = [{**p, **{k: fix(p[k]) for k in ("image", "video") if k in p}} for p in content]
         out.append({**msg, "content": content})
     return out
 
