@@ -107,6 +107,9 @@ def test_report_command_end_to_end(data, tmp_path):
                 "| OCR exact match |", "| Document edit distance", "| Temporal mIoU |", "| Click accuracy |"):
         assert row in text, row
     assert "missed by" in text and "Run 1: lr 1e-3, curriculum 0." in text
+    import torch  # the report names the CPU kind and torch: bf16 greedy answers can differ between CPU kinds
+    on = next(line for line in text.splitlines() if line.startswith("- Computed on: "))
+    assert f"({torch.backends.cpu.get_cpu_capability()})" in on and f"torch {torch.__version__}" in on
     assert "## The report's claims in miniature\n\n#### A claim\n\n| x | y |" in text
     assert "### Run 2:" in text and "| 31–" in text
     assert (tmp_path / "docs" / "report-curve.png").stat().st_size > 0

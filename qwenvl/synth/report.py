@@ -367,15 +367,37 @@ def _short(s: str, n: int = 160) -> str:
     return s if len(s) <= n else s[:n - 1] + "…"
 
 
+def machine() -> str:
+    """Where the answers were computed: greedy bf16 answers can differ by an answer or two between CPU kinds
+    (native AVX512-BF16 / AMX kernels against AVX2 emulation), so the report names the kind."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{cpu} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}{gpu}")
+
+
 def build_report(command: str, model_dir: str, info: str, files: list[tuple[str, list, list]], curve: list[str],
                  notes: str | None, examples: int = 2, plot: str | None = None,
-                 claims: list[str] | None = None) -> str:
+                 claims: list[str] | None = None, computed_on: str | None = None) -> str:
     """Markdown from per-file (name, records, observations with answers)."""
     all_obs = [o for _, _, obs in files for o in obs]
     agg = aggregate(all_obs)
     L = ["# Embedded model: held-out evaluation", "",
-         "Produced by (rerun it to reproduce every number; greedy decoding, fixed record order):", "",
-         "```bash", command, "```", "", f"- Model: `{model_dir}` — {info}"]
+         "Produced by (rerun it on the same kind of CPU to reproduce every number; greedy decoding, fixed record "
+         "order):", "", "```bash", command, "```", "", f"- Model: `{model_dir}` — {info}"]
+    if computed_on:
+        L.append(f"- Computed on: {computed_on}")
     for name, recs, _ in files:
         L.append(f"- Held-out: `{name}` — {len(recs)} records, sha256 {_file_sha(name)}")
     L += ["", "## Metrics (all held-out files)", ""] + metrics_table(agg) + [""]
@@ -441,7 +463,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     claims = [Path(c).read_text(encoding="utf-8") for c in args.claims or []]
     command = "python -m qwenvl.synth.report " + shlex.join(argv)
     text = build_report(command, model_dir, model_info(Path(vlm.path)), files, curve_section(args.metrics or []),
-                        notes, args.examples, plot, claims)
+                        notes, args.examples, plot, claims, computed_on=machine())
     out.write_text(text, encoding="utf-8")
     if args.json:
         res = {"overall": aggregate([o for f in files for o in f[2]]),
