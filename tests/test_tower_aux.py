@@ -80,7 +80,7 @@ def test_glyph_cells_put_each_character_in_the_cell_under_its_centre():
     want = {}
     for i, ch in enumerate(text):
         if ch != " ":  # centre (left + (i + 0.5) adv) * 2 px; the line's middle row 40 * 2 = 80 px -> row 2
-            want.setdefault(2 * 10 + int((left + (i + 0.5) * adv) * 2 // 28), set()).add(ch)
+            want.setdefault(2 * 10 + int((left + (i + 0.5) * adv) * 2 // 28), []).append(ch)  # reading order
     assert lab == want and sum(len(v) for v in lab.values()) == 4
 
 
@@ -100,3 +100,53 @@ def test_text_scenes_train_a_glyph_head_beside_the_shape_heads(tmp_path, capsys)
     assert last["text_cells"] > 0 and 0.0 <= last["glyph_f1"] <= 1.0 and "shape_acc" in last
     row = json.loads((out / "tower_aux.jsonl").read_text().splitlines()[-1])
     assert row["train_glyph_ce"] > 0.0
+
+
+def test_glyph_slots_train_a_reading_order_head_on_large_text_only(tmp_path, capsys):
+    from qwenvl.tiny import make_random_checkpoint
+    from qwenvl.train.tower_aux import Batcher, scenes, text_px
+    import qwenvl
+
+    ckpt = make_random_checkpoint(tmp_path / "ckpt")
+    build_dataset(tmp_path / "d", n_per_task={"read_text": 6}, split="train", seed=3, curriculum=1)
+    f = tmp_path / "d" / "train.jsonl"
+    sc = scenes(f)
+    # the slot targets: each cell's characters in reading order, padded with "none" (index len(glyphs))
+    vlm = qwenvl.load(ckpt, dtype=torch.float32, pack=False)
+    glyphs = sorted({ch for _, _, m in sc for ln in m["lines"] for ch in ln["text"] if not ch.isspace()})
+    _, _, _, _, (gidx, rows) = Batcher(vlm, {}, glyphs, 3)(sc[:2])
+    multi = Batcher(vlm, {}, glyphs)(sc[:2])[4][1]
+    assert rows.shape == (len(gidx), 3) and rows.dtype == torch.long
+    for r, m in zip(rows, multi):  # the slots name characters of the multi-hot row, filled from the first slot
+        filled = [int(i) for i in r if i < len(glyphs)]
+        assert filled and set(filled) <= set(m.nonzero().flatten().tolist()) and r[:len(filled)].tolist() == filled
+    assert (rows < len(glyphs)).sum(-1).max() >= 2  # cells hold several characters, each in its own slot
+    cut = sorted(text_px(m) for _, _, m in sc)[3]
+    out = tmp_path / "out"
+    rc = main(["-m", str(ckpt), "--data", str(f), "--heldout", str(f), "--out", str(out), "--steps", "2",
+               "--head-steps", "1", "--batch", "2", "--glyph-slots", "3", "--min-text-px", str(cut)])
+    assert rc == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["text_cells"] > 0 and 0.0 <= last["glyph_f1"] <= 1.0 and 0.0 <= last["glyph_exact"] <= 1.0
+    assert main(["-m", str(ckpt), "--data", str(f), "--heldout", str(f), "--out", str(out), "--steps", "1",
+                 "--min-text-px", "1000"]) == 2
+    assert "--min-text-px" in capsys.readouterr().err
+
+
+def test_gui_screenshots_give_their_labels_to_the_glyph_head(tmp_path):
+    from collections import Counter
+
+    from qwenvl.train.tower_aux import scenes, text_lines
+
+    build_dataset(tmp_path / "g", n_per_task={"computer_use": 3}, split="train", seed=4)
+    sc = scenes(tmp_path / "g" / "train.jsonl")  # the screenshot sits in the last message, after the tool prompt
+    assert len(sc) == 3
+    for path, objs, meta in sc:
+        lines = text_lines(meta)
+        assert objs == [] and {ln["text"] for ln in lines} == {e["name"] for e in meta["elements"]}
+        rh, rw = meta["resized"]
+        got = Counter(ch for chars in glyph_cells(lines, meta, (rh // 28, rw // 28), 28).values() for ch in chars)
+        assert got == Counter(ch for ln in lines for ch in ln["text"] if not ch.isspace())
+        for ln, e in zip(lines, meta["elements"]):  # the label's ink lies on its element or beside it
+            x0, y0, x1, y1 = ln["box"]
+            assert x0 < x1 and y0 < y1 and abs((y0 + y1) / 2 - (e["box"][1] + e["box"][3]) / 2) < 12

@@ -39,8 +39,14 @@ def limits(curriculum: int) -> dict:
     return {"fields": (1, 2, 4)[c], "checks": (0, 1, 2)[c], "buttons": (2, 3, 4)[c], "menus": (2, 3, 5)[c]}
 
 
+def ink_box(draw, xy, text: str, fnt) -> list[float]:
+    """The ink box of `text` drawn at `xy` (original pixels; where the label's glyphs are, for the tower's glyph
+    head)."""
+    return [round(v, 1) for v in draw.textbbox(xy, text, font=fnt)]
+
+
 def window(ctx: Ctx, rng: random.Random):
-    """(screenshot, elements [{type, name, box}], FrameMap, title, font family, size)."""
+    """(screenshot, elements [{type, name, box, label_box}], FrameMap, title, font family, size)."""
     h, w = image_size(rng, max(ctx.curriculum, 1), lo=196, ratios=SCREEN_RATIOS)
     fm = frame_map(h, w, ctx)
     lim = limits(ctx.curriculum)
@@ -71,7 +77,8 @@ def window(ctx: Ctx, rng: random.Random):
         if mx + tw + 6 > x1 - 4:
             break
         draw.text((mx + 3, mb0 + 3), name, font=fnt, fill=(20, 20, 20))
-        elements.append({"type": "menu", "name": name, "box": [round(mx), mb0, round(mx + tw + 6), mb1]})
+        elements.append({"type": "menu", "name": name, "box": [round(mx), mb0, round(mx + tw + 6), mb1],
+                         "label_box": ink_box(draw, (mx + 3, mb0 + 3), name, fnt)})
         mx += tw + 6 + rng.randint(4, 10)
     # buttons (bottom row) first, so the form rows know the room left
     bh = size + 10
@@ -92,7 +99,8 @@ def window(ctx: Ctx, rng: random.Random):
         draw.rounded_rectangle([box[0], box[1], box[2] - 1, box[3] - 1], radius=4, fill=fill, outline=(100, 100, 100))
         tw = draw.textlength(name, font=fnt)
         draw.text((bx + (bw - tw) / 2, by0 + 4), name, font=fnt, fill=ink)
-        elements.append({"type": "button", "name": name, "box": box})
+        elements.append({"type": "button", "name": name, "box": box,
+                         "label_box": ink_box(draw, (bx + (bw - tw) / 2, by0 + 4), name, fnt)})
         bx += bw + gap
     # form rows: fields then checkboxes
     rows = [("field", n) for n in rng.sample(FIELDS, rng.randint(1, lim["fields"]))]
@@ -111,6 +119,7 @@ def window(ctx: Ctx, rng: random.Random):
             if fx1 - fx0 < 30:
                 continue
             draw.text((x0 + 10, y + 4), name, font=fnt, fill=(30, 30, 30))
+            label = ink_box(draw, (x0 + 10, y + 4), name, fnt)
             box = [fx0, y, fx1, y + fh]
             draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=(255, 255, 255), outline=(120, 120, 120))
         else:
@@ -119,7 +128,8 @@ def window(ctx: Ctx, rng: random.Random):
             if rng.random() < 0.4:
                 draw.line([box[0] + 2, box[1] + 2, box[2] - 3, box[3] - 3], fill=(20, 20, 20), width=2)
             draw.text((box[2] + 6, y + 4), name, font=fnt, fill=(30, 30, 30))
-        elements.append({"type": kind, "name": name, "box": box})
+            label = ink_box(draw, (box[2] + 6, y + 4), name, fnt)
+        elements.append({"type": kind, "name": name, "box": box, "label_box": label})
         y += pitch
     return img, elements, fm, title, family, size
 

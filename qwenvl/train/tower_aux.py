@@ -7,8 +7,11 @@ language loss collapses them. This stage trains the tower alone, with a direct s
 merger's output tokens name the colour and the shape of the object each token's cell lies in, while an anchor
 term keeps every token near the starting tower's (relative squared error), so the language model's reading of
 the tokens still holds. Text scenes (read_text / spot_text records) add a third head: which characters have their
-centre in each token's cell (multi-hot, binary cross-entropy), the glyph signal OCR needs in the tokens. The heads
-are dropped; the model directory written is the starting one with the new tower.
+centre in each token's cell (multi-hot, binary cross-entropy), the glyph signal OCR needs in the tokens; with
+`--glyph-slots K` it names the cell's first K characters in reading order instead (one softmax per slot, "none"
+when the cell holds fewer), so the order inside a cell has to be in the token too, and `--min-text-px` keeps only
+text scenes with large glyphs, for a first round. The heads are dropped; the model directory written is the
+starting one with the new tower.
 
     python -m qwenvl.train.tower_aux -m MODEL --data train.jsonl [--data more.jsonl] --heldout heldout.jsonl \
         --out DIR --time-budget-min 15
@@ -46,8 +49,8 @@ def scenes(path: str | Path, limit: int | None = None) -> list[tuple[str, list[d
     for rec in load_records(path):
         meta = rec.get("meta", {})
         objs = meta.get("objects") or []
-        images = [p.get("image") for p in rec["messages"][0]["content"]
-                  if isinstance(p, dict) and p.get("type") == "image"]
+        images = [p.get("image") for m in rec["messages"] if isinstance(m.get("content"), list)
+                  for p in m["content"] if isinstance(p, dict) and p.get("type") == "image"]
         if (objs or text_lines(meta)) and len(images) == 1:
             out.append((str(path.parent / images[0]), objs, meta))
             if limit and len(out) >= limit:
@@ -59,21 +62,32 @@ def scenes(path: str | Path, limit: int | None = None) -> list[tuple[str, list[d
 
 
 def text_lines(meta: dict) -> list[dict]:
-    """The text lines of a read_text / spot_text record (one font per picture, so glyph_cells can place them);
-    [] for any other record."""
+    """The text lines of a read_text / spot_text record, or a computer_use screenshot's labels (one font per
+    picture, so glyph_cells can place them); [] for any other record."""
+    if meta.get("task") == "computer_use":
+        return [{"text": e["name"], "box": e["label_box"]} for e in meta.get("elements", []) if "label_box" in e]
     return meta.get("lines") or [] if meta.get("task") in ("read_text", "spot_text") else []
 
 
-def glyph_cells(lines: list[dict], meta: dict, grid_hw: tuple[int, int], cell: int) -> dict[int, set[str]]:
-    """{merged-token index: the characters whose centre lies in its cell} for rendered text lines (qwenvl.synth
-    text meta: each line's text and box in the original picture's pixels, the font family and size). A character's
-    centre is its advance-width midpoint along the line, on the line box's middle row; spaces are left out."""
+def text_px(meta: dict) -> float:
+    """The font's pixel height after the processor's resize (inf for a scene without text lines)."""
+    if not text_lines(meta):
+        return math.inf
+    (oh, _), (rh, _) = meta.get("original", meta["resized"]), meta["resized"]
+    return float(meta["font_size"]) * rh / oh
+
+
+def glyph_cells(lines: list[dict], meta: dict, grid_hw: tuple[int, int], cell: int) -> dict[int, list[str]]:
+    """{merged-token index: the characters whose centre lies in its cell, in reading order} for rendered text lines
+    (qwenvl.synth text meta: each line's text and box in the original picture's pixels, the font family and size).
+    A character's centre is its advance-width midpoint along the line, on the line box's middle row; spaces are left
+    out."""
     from ..synth import font
 
     (oh, ow), (rows, cols) = meta.get("original", meta["resized"]), grid_hw
     sx, sy = cols * cell / ow, rows * cell / oh
     fnt = font(int(meta["font_size"]), meta.get("font", "default"))
-    out: dict[int, set[str]] = {}
+    out: dict[int, list[str]] = {}
     for ln in lines:
         text, (x0, y0, _, y1) = ln["text"], ln["box"]
         left = x0 - fnt.getbbox(text)[0]  # the pen's origin: the box starts at the first glyph's ink
@@ -83,7 +97,7 @@ def glyph_cells(lines: list[dict], meta: dict, grid_hw: tuple[int, int], cell: i
                 continue
             xc = left + (fnt.getlength(text[:i]) + fnt.getlength(text[:i + 1])) / 2
             c = min(max(int(xc * sx // cell), 0), cols - 1)
-            out.setdefault(r * cols + c, set()).add(ch)
+            out.setdefault(r * cols + c, []).append(ch)
     return out
 
 
@@ -112,8 +126,9 @@ class Batcher:
     """Pixel inputs and per-token targets for a list of scenes (one processor call per picture): class indices
     for the object parts (`classes`) and, for text scenes, a multi-hot row over `glyphs` per cell with text."""
 
-    def __init__(self, vlm, classes: dict[str, list[str]], glyphs: list[str] = ()):
+    def __init__(self, vlm, classes: dict[str, list[str]], glyphs: list[str] = (), slots: int = 0):
         self.vlm, self.classes, self.glyphs = vlm, classes, {ch: i for i, ch in enumerate(glyphs)}
+        self.slots = slots  # > 0: per cell, the first `slots` characters in reading order (index len(glyphs): none)
         v = vlm.config.vision
         self.patch, self.cell = v.patch_size, v.patch_size * v.spatial_merge_size
 
@@ -133,15 +148,19 @@ class Batcher:
                         targets[p].append(self.classes[p].index(n))
             if self.glyphs and text_lines(meta):
                 for k, chars in sorted(glyph_cells(text_lines(meta), meta, (rows, cols), self.cell).items()):
-                    row = torch.zeros(len(self.glyphs))
-                    row[[self.glyphs[ch] for ch in chars if ch in self.glyphs]] = 1.0
+                    if self.slots:
+                        known = [self.glyphs[ch] for ch in chars if ch in self.glyphs][:self.slots]
+                        row = torch.tensor(known + [len(self.glyphs)] * (self.slots - len(known)))
+                    else:
+                        row = torch.zeros(len(self.glyphs))
+                        row[[self.glyphs[ch] for ch in chars if ch in self.glyphs]] = 1.0
                     gidx.append(offset + k)
                     grows.append(row)
             pix.append(b.pixel_values)
             grids.append(g)
             offset += rows * cols
-        glyph = (torch.tensor(gidx, dtype=torch.long),
-                 torch.stack(grows) if grows else torch.zeros(0, len(self.glyphs)))
+        empty = torch.zeros(0, self.slots, dtype=torch.long) if self.slots else torch.zeros(0, len(self.glyphs))
+        glyph = (torch.tensor(gidx, dtype=torch.long), torch.stack(grows) if grows else empty)
         return (torch.cat(pix), torch.cat(grids), torch.tensor(idx, dtype=torch.long),
                 {p: torch.tensor(t, dtype=torch.long) for p, t in targets.items()}, glyph)
 
@@ -153,7 +172,7 @@ def anchor_error(tok: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_min: float | None, batch: int = 8,
           lr: float = 3e-4, warmup: int = 20, anchor: float = 4.0, seed: int = 0, eval_every: int = 100,
-          head_steps: int = 100, head_lr: float = 3e-3,
+          head_steps: int = 100, head_lr: float = 3e-3, glyph_slots: int = 0,
           log_file: Path | None = None) -> list[dict]:
     """Train `vlm.model.visual` in place; returns the logged rows (step, losses, held-out accuracies)."""
     torch.manual_seed(seed)
@@ -165,15 +184,19 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
     ref_tower = copy.deepcopy(tower).eval().requires_grad_(False)
     dim = vlm.config.vision.out_hidden_size
     heads = torch.nn.ModuleDict({p: torch.nn.Linear(dim, len(c)) for p, c in classes.items()})
-    if glyphs:
-        heads["glyph"] = torch.nn.Linear(dim, len(glyphs))
+    if glyphs:  # multi-hot over the glyphs, or `glyph_slots` softmaxes over the glyphs and "none"
+        heads["glyph"] = torch.nn.Linear(dim, glyph_slots * (len(glyphs) + 1) if glyph_slots else len(glyphs))
+
+    def glyph_logits(t):  # (cells, G) multi-hot logits, or (cells, slots, G + 1)
+        out = heads["glyph"](t)
+        return out.view(len(t), glyph_slots, len(glyphs) + 1) if glyph_slots else out
     params = [p for p in tower.parameters()] + list(heads.parameters())
     for p in tower.parameters():
         p.requires_grad_(True)
     # group 0: the tower (warm-up after the heads' own start, then cosine to 0.1x); group 1: the heads (constant).
     opt = torch.optim.AdamW([{"params": list(tower.parameters())}, {"params": list(heads.parameters()), "lr": head_lr}],
                             lr=lr, weight_decay=0.0)
-    make = Batcher(vlm, classes, glyphs)
+    make = Batcher(vlm, classes, glyphs, glyph_slots)
     total = steps or 10**9
     deadline = time.monotonic() + time_budget_min * 60 if time_budget_min else None
     budget_s = time_budget_min * 60 if time_budget_min else None
@@ -205,7 +228,14 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
             for p in classes:
                 hits[p] += (heads[p](tok[idx]).argmax(-1) == tg[p]).sum().item()
             n += len(idx)
-            if glyphs and len(gidx):
+            if glyphs and len(gidx) and glyph_slots:  # a slot's character is right, wrong, or missed
+                pred, none = glyph_logits(tok[gidx]).argmax(-1), len(glyphs)
+                tp += ((pred == grow) & (grow != none)).sum().item()
+                fp += ((pred != grow) & (pred != none)).sum().item()
+                fn += ((pred != grow) & (grow != none)).sum().item()
+                exact += (pred == grow).all(-1).sum().item()
+                cells += len(gidx)
+            elif glyphs and len(gidx):
                 pred = heads["glyph"](tok[gidx]) > 0
                 true = grow > 0.5
                 tp += (pred & true).sum().item()
@@ -238,9 +268,14 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
             ref = ref_tower(pix, grid)
         a = anchor_error(tok, ref)
         ce = {p: F.cross_entropy(heads[p](tok[idx]), tg[p]) if len(idx) else tok.sum() * 0 for p in classes}
-        if glyphs:  # summed over the characters, averaged over the cells: one cell weighs about one CE term
-            ce["glyph"] = (F.binary_cross_entropy_with_logits(heads["glyph"](tok[gidx]), grow, reduction="sum")
-                           / len(gidx)) if len(gidx) else tok.sum() * 0
+        if glyphs and not len(gidx):
+            ce["glyph"] = tok.sum() * 0
+        elif glyph_slots:  # summed over the slots, averaged over the cells
+            ce["glyph"] = F.cross_entropy(glyph_logits(tok[gidx]).flatten(0, 1), grow.flatten(),
+                                          reduction="sum") / len(gidx)
+        elif glyphs:  # summed over the characters, averaged over the cells: one cell weighs about one CE term
+            ce["glyph"] = F.binary_cross_entropy_with_logits(heads["glyph"](tok[gidx]), grow,
+                                                             reduction="sum") / len(gidx)
         loss = sum(ce.values()) + anchor * a
         opt.zero_grad(set_to_none=True)
         if loss.requires_grad:
@@ -288,6 +323,12 @@ def main(argv=None) -> int:
     ap.add_argument("--anchor", type=float, default=4.0, help="weight of the relative anchor error (default 4)")
     ap.add_argument("--head-steps", type=int, default=100,
                     help="steps that fit the heads alone, tower fixed, before the tower moves (default 100)")
+    ap.add_argument("--glyph-slots", type=int, default=0,
+                    help="name each text cell's first K characters in reading order, one softmax per slot, instead "
+                         "of the multi-hot set (keeps the order inside a cell; default 0: the set)")
+    ap.add_argument("--min-text-px", type=float, default=0.0,
+                    help="train on text scenes whose font is at least this many pixels high after the resize "
+                         "(large glyphs first; grounding scenes are kept; default 0: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=100)
     a = ap.parse_args(argv)
@@ -296,7 +337,10 @@ def main(argv=None) -> int:
         print("error: give --steps or --time-budget-min", file=sys.stderr)
         return 2
     try:
-        train_scenes = [s for d in a.data for s in scenes(d)]
+        train_scenes = [s for d in a.data for s in scenes(d) if text_px(s[2]) >= a.min_text_px]
+        if not train_scenes:
+            raise ValueError(f"no training scene left with text at least {a.min_text_px} px high (--min-text-px); "
+                             "lower it or add records with larger fonts")
         held = [s for h in a.heldout for s in scenes(h, a.n_heldout)]
         vlm = qwenvl.load(a.model, dtype=torch.float32, pack=False)
         out = Path(a.out)
@@ -304,6 +348,7 @@ def main(argv=None) -> int:
         (out / "tower_aux.jsonl").unlink(missing_ok=True)
         rows = train(vlm, train_scenes, held, steps=a.steps, time_budget_min=a.time_budget_min, batch=a.batch,
                      lr=a.lr, anchor=a.anchor, seed=a.seed, head_steps=a.head_steps, eval_every=a.eval_every,
+                     glyph_slots=a.glyph_slots,
                      log_file=out / "tower_aux.jsonl")
         vlm.save(out)
         print(json.dumps(rows[-1]), flush=True)
