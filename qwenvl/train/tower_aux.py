@@ -228,20 +228,20 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
             for p in classes:
                 hits[p] += (heads[p](tok[idx]).argmax(-1) == tg[p]).sum().item()
             n += len(idx)
-            if glyphs and len(gidx) and glyph_slots:  # a slot's character is right, wrong, or missed
-                pred, none = glyph_logits(tok[gidx]).argmax(-1), len(glyphs)
-                tp += ((pred == grow) & (grow != none)).sum().item()
-                fp += ((pred != grow) & (pred != none)).sum().item()
-                fn += ((pred != grow) & (grow != none)).sum().item()
-                exact += (pred == grow).all(-1).sum().item()
-                cells += len(gidx)
-            elif glyphs and len(gidx):
-                pred = heads["glyph"](tok[gidx]) > 0
-                true = grow > 0.5
-                tp += (pred & true).sum().item()
-                fp += (pred & ~true).sum().item()
-                fn += (~pred & true).sum().item()
-                exact += (pred == true).all(-1).sum().item()
+            if glyphs and len(gidx):
+                if glyph_slots:  # a slot's character is right, wrong, or missed
+                    pred, none = glyph_logits(tok[gidx]).argmax(-1), len(glyphs)
+                    hit, named, due = pred == grow, pred != none, grow != none
+                    tp += (hit & due).sum().item()
+                    fp += (~hit & named).sum().item()
+                    fn += (~hit & due).sum().item()
+                    exact += hit.all(-1).sum().item()
+                else:
+                    pred, true = glyph_logits(tok[gidx]) > 0, grow > 0.5
+                    tp += (pred & true).sum().item()
+                    fp += (pred & ~true).sum().item()
+                    fn += (~pred & true).sum().item()
+                    exact += (pred == true).all(-1).sum().item()
                 cells += len(gidx)
         tower.train()
         row = {**{f"{p}_acc": round(hits[p] / max(n, 1), 4) for p in classes}, "tokens": n}
@@ -274,7 +274,7 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
             ce["glyph"] = F.cross_entropy(glyph_logits(tok[gidx]).flatten(0, 1), grow.flatten(),
                                           reduction="sum") / len(gidx)
         elif glyphs:  # summed over the characters, averaged over the cells: one cell weighs about one CE term
-            ce["glyph"] = F.binary_cross_entropy_with_logits(heads["glyph"](tok[gidx]), grow,
+            ce["glyph"] = F.binary_cross_entropy_with_logits(glyph_logits(tok[gidx]), grow,
                                                              reduction="sum") / len(gidx)
         loss = sum(ce.values()) + anchor * a
         opt.zero_grad(set_to_none=True)
