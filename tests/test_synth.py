@@ -280,6 +280,26 @@ def test_one_size_and_max_side(tmp_path, capsys):
         assert bad[0] in capsys.readouterr().err
 
 
+def test_short_gui_prompt_keeps_the_screen_and_the_answer(tmp_path):
+    """--gui-prompt short swaps only the ~820-token tool prompt for a short system text that still states the
+    screen size: same screenshot bytes, same user turn, same click."""
+    for kind in ("tool", "short"):
+        assert main(["--out", str(tmp_path), "--n", "3", "--tasks", "computer_use", "--seed", "9", "--name", kind,
+                     "--gui-prompt", kind]) == 0
+    full, short = ([json.loads(x) for x in (tmp_path / f"{k}.jsonl").read_text().splitlines()]
+                   for k in ("tool", "short"))
+    for f, s in zip(full, short):
+        assert f["messages"][2] == s["messages"][2]
+        assert f["messages"][1]["content"][0] == s["messages"][1]["content"][0]
+        img_f, img_s = f["messages"][1]["content"][1]["image"], s["messages"][1]["content"][1]["image"]
+        assert (tmp_path / img_f).read_bytes() == (tmp_path / img_s).read_bytes()
+        rh, rw = s["meta"]["resized"]
+        assert f"{rw}x{rh}" in s["messages"][0]["content"] and "computer_use" in s["messages"][0]["content"]
+        assert len(s["messages"][0]["content"]) * 10 < len(f["messages"][0]["content"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--n", "1", "--tasks", "computer_use", "--gui-prompt", "tiny"])
+
+
 def test_named_files_in_one_folder_keep_their_own_media(tmp_path):
     """Two builds into one folder with the same seed but other settings (picture size, video fps) must not
     overwrite each other's pictures: a named file's media live under media/<name>/."""

@@ -76,6 +76,31 @@ def test_wrong_and_junk_answers_score_zero(data):
     assert 0.0 < half["kv_acc"][0] < 1.0
 
 
+def test_click_outcomes_tell_reading_from_layout(data):
+    """A click on another element of the named kind means the layout was read but not the label; the report's
+    kind-only baseline is 1 / (elements of that kind)."""
+    from qwenvl.synth.gui import click_answer
+    from qwenvl.synth.evaluate import click_outcome
+
+    _, recs = data
+    for r in _by(recs, "computer_use"):
+        m = r["meta"]
+        f = FrameMap(tuple(m["original"]), tuple(m["resized"]))
+        els, kind = m["elements"], m["elements"][m["target"]]["type"]
+
+        def at(e):
+            b = e["box"]
+            return click_answer(*f.point_label(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)))
+        assert observe(r, at(els[m["target"]]))["outcome"] == "target"
+        for i, e in enumerate(els):
+            if i != m["target"] and not any(e["box"] == o["box"] for o in els[:i]):
+                want = "same kind" if e["type"] == kind else "other kind"
+                assert observe(r, at(e))["outcome"] == want
+        assert click_outcome(m, (-5.0, -5.0)) == "no element"
+        o = observe(r, "no tool call here")
+        assert o["outcome"] == "no answer" and o["kind_chance"] == 1 / sum(e["type"] == kind for e in els)
+
+
 def test_sparkline():
     assert sparkline([8.0, 4.0, 2.0, 1.0], width=4) == "█▆▃▁"
     assert sparkline([]) == ""
@@ -107,6 +132,7 @@ def test_report_command_end_to_end(data, tmp_path):
                 "| OCR exact match |", "| Document edit distance", "| Temporal mIoU |", "| Click accuracy |"):
         assert row in text, row
     assert "missed by" in text and "Run 1: lr 1e-3, curriculum 0." in text
+    assert "Where the 1 clicks land: " in text and "| Clicks on an element of the named kind |" in text
     import torch  # the report names the CPU kind and torch: bf16 greedy answers can differ between CPU kinds
     on = next(line for line in text.splitlines() if line.startswith("- Computed on: "))
     assert f"({torch.backends.cpu.get_cpu_capability()})" in on and f"torch {torch.__version__}" in on

@@ -150,3 +150,38 @@ def test_gui_screenshots_give_their_labels_to_the_glyph_head(tmp_path):
         for ln, e in zip(lines, meta["elements"]):  # the label's ink lies on its element or beside it
             x0, y0, x1, y1 = ln["box"]
             assert x0 < x1 and y0 < y1 and abs((y0 + y1) / 2 - (e["box"][1] + e["box"][3]) / 2) < 12
+
+
+def test_element_head_names_the_cells_a_click_lands_on(tmp_path, capsys):
+    from qwenvl.tiny import make_random_checkpoint
+    from qwenvl.train.tower_aux import element_cells, scenes
+
+    build_dataset(tmp_path / "g", n_per_task={"computer_use": 4}, split="train", seed=5)
+    f = tmp_path / "g" / "train.jsonl"
+    sc = scenes(f)
+    for _, _, meta in sc:
+        rh, rw = meta["resized"]
+        rows, cols = rh // 28, rw // 28
+        cells = element_cells(meta, (rows, cols), 28)
+        assert cells and set(cells.values()) <= {e["name"] for e in meta["elements"]}
+        (oh, ow) = meta["original"]
+        px, py = meta["point"]  # the target's centre cell is named after the target (unless another box claims it)
+        k = min(int(py * rh / oh // 28), rows - 1) * cols + min(int(px * rw / ow // 28), cols - 1)
+        target = meta["elements"][meta["target"]]["name"]
+        assert cells.get(k, target) == target
+    # a grounding record has no elements
+    assert element_cells({"task": "refer", "objects": []}, (4, 4), 28) == {}
+    ckpt = make_random_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    rc = main(["-m", str(ckpt), "--data", str(f), "--heldout", str(f), "--out", str(out), "--steps", "2",
+               "--head-steps", "1", "--batch", "2", "--element-names"])
+    assert rc == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["element_cells"] > 0 and 0.0 <= last["element_acc"] <= 1.0
+    row = json.loads((out / "tower_aux.jsonl").read_text().splitlines()[-1])
+    assert row["train_element_ce"] > 0.0
+    build_dataset(tmp_path / "r", n_per_task={"read_text": 2}, split="train", seed=6)
+    rt = str(tmp_path / "r" / "train.jsonl")
+    assert main(["-m", str(ckpt), "--data", rt, "--heldout", rt, "--out", str(out), "--steps", "1",
+                 "--element-names"]) == 2
+    assert "computer_use" in capsys.readouterr().err

@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="grounding scenes: render every picture at this one size (a curriculum's first stage)")
     ap.add_argument("--max-side", type=int, default=None,
                     help="grounding scenes: largest picture side (default: the curriculum's, 224 at level 0)")
+    ap.add_argument("--gui-prompt", choices=("tool", "short"), default="tool",
+                    help="computer_use records: the official tool prompt (default), or a short system text with the "
+                         "same answer format (training data at 1/6 of the tokens)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--name", default=None, help="JSONL file name without .jsonl (default: the split)")
     ap.add_argument("--corpus", default=None, help="also write corpus_text(records) to this file")
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.max_side < 112:
             ap.error(f"--max-side {a.max_side}: must be at least 112 px (the smallest scene side)")
         extra["max_side"] = a.max_side
+    if a.gui_prompt != "tool":
+        extra["gui_prompt"] = a.gui_prompt
     t0 = time.perf_counter()
     recs = build_dataset(a.out, n_per_task={t: a.n for t in tasks}, split=a.split, seed=a.seed,
                          curriculum=a.curriculum, min_pixels=a.min_pixels, max_pixels=a.max_pixels,

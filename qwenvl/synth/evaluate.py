@@ -44,6 +44,19 @@ def _inside(pt, box) -> float:
     return float(box[0] <= pt[0] <= box[2] and box[1] <= pt[1] <= box[3])
 
 
+def click_outcome(meta: dict, xy) -> str:
+    """Where a click (original pixels) lands: on the target, on another element of the target's kind (the layout
+    was read, the label not), on an element of another kind, or on no element (qwenvl.synth.report counts them)."""
+    if _inside(xy, meta["box"]):
+        return "target"
+    els = meta.get("elements") or []
+    kind = els[meta["target"]]["type"] if els else None
+    hit = [e for e in els if _inside(xy, e["box"])]
+    if not hit:
+        return "no element"
+    return "same kind" if hit[0]["type"] == kind else "other kind"
+
+
 def score(record: dict, text: str) -> tuple[float, str | None]:
     """(score in [0, 1], parse error or None) of one answer against its record's ground truth."""
     from ..tasks.document import parse_document

@@ -134,6 +134,12 @@ def window(ctx: Ctx, rng: random.Random):
     return img, elements, fm, title, family, size
 
 
+# `--gui-prompt short` (qwenvl.synth.build): the tool prompt is ~820 tokens of each ~1,000-token record, so a
+# click costs 6x the tokens of a pointing question; this system text keeps the task and the answer format.
+SHORT_SYSTEM = ("You are a helpful assistant. You control a computer with the computer_use tool; the screen is {w}x{h}. "
+                "Answer with one left_click tool call on the element the user names.")
+
+
 def click_answer(x: int, y: int) -> str:
     call = {"name": "computer_use", "arguments": {"action": "left_click", "coordinate": [x, y]}}
     return f"<tool_call>\n{json.dumps(call)}\n</tool_call>"
@@ -152,6 +158,8 @@ def computer_use(ctx: Ctx, rng: random.Random, name: str) -> dict:
     rh, rw = fm.resized
     msgs = agent.build_messages(task, img, [], agent.computer_use_tool(rw, rh), min_pixels=ctx.min_pixels,
                                 max_pixels=ctx.max_pixels)
+    if ctx.extra.get("gui_prompt") == "short":  # training data: the same screen and answer, ~40 prompt tokens
+        msgs[0]["content"] = SHORT_SYSTEM.format(w=rw, h=rh)
     for part in msgs[-1]["content"]:
         if part.get("type") == "image":
             part["image"] = rel  # a file path for JSONL

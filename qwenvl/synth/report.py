@@ -26,7 +26,7 @@ from ..tasks.coords import FrameMap
 from ..tasks.metrics import box_iou, charades_scores, click_accuracy, coco_map, counting_accuracy, \
     normalized_edit_distance, temporal_iou
 from ..tasks.types import ParseError
-from .evaluate import _f1, _inside, generate_answers, label_words, load_records, select
+from .evaluate import _f1, _inside, click_outcome, generate_answers, label_words, load_records, select
 
 log = logging.getLogger("qwenvl.synth.report")
 
@@ -49,7 +49,9 @@ METRICS = [
     ("temporal_miou", "Temporal mIoU", "video_grounding", 0.5, True),
     ("temporal_r50", "Temporal R@0.5", "video_grounding", None, True),
     ("click_acc", "Click accuracy", "computer_use", 0.8, True),
+    ("click_kind", "Clicks on an element of the named kind", "computer_use", None, True),
 ]
+CLICK_OUTCOMES = ("target", "same kind", "other kind", "no element", "no answer")
 TASK_ORDER = ["detect", "refer", "point", "count", "read_text", "spot_text", "key_values", "document",
               "video_grounding", "computer_use"]
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -131,6 +133,7 @@ def observe(record: dict, text: str) -> dict:
                 raise ParseError("no click coordinate", text)
             o["pred"] = list(f.point_to_original(xy))
             o["score"] = _inside(o["pred"], m["box"])
+            o["outcome"] = click_outcome(m, o["pred"])
         else:
             raise ValueError(f"unknown synthetic task {task!r} in {m.get('id')}")
     except ParseError as e:
@@ -161,8 +164,12 @@ def _failed(m: dict) -> dict:
     elif task == "video_grounding":
         o.update(pred=None, gt=list(m["span"]))
     elif task == "computer_use":
-        o.update(pred=None, box=list(m["box"]))
+        els = m.get("elements") or []
+        kind = els[m["target"]]["type"] if els else None
+        o.update(pred=None, box=list(m["box"]), outcome="no answer",
+                 kind_chance=1 / max(1, sum(e["type"] == kind for e in els)))
     return o
+
 
 
 def _f1_counts(hits: int, n_pred: int, n_gt: int) -> float:
@@ -211,6 +218,7 @@ def aggregate(obs: list[dict]) -> dict:
         out["temporal_miou"], out["temporal_r50"] = (ch["miou"], len(v)), (ch["r@0.5"], len(v))
     if g := by["computer_use"]:
         out["click_acc"] = (click_accuracy([o["pred"] for o in g], [o["box"] for o in g]), len(g))
+        out["click_kind"] = (_mean(o["outcome"] in ("target", "same kind") for o in g), len(g))
     return out
 
 
@@ -405,6 +413,11 @@ def build_report(command: str, model_dir: str, info: str, files: list[tuple[str,
               if k in agg and tg is not None and _verdict(agg[k][0], tg, hb) != "yes"]
     see = " What would close each gap: see Notes." if notes else ""
     L += ([f"Targets missed: {'; '.join(missed)}.{see}" if missed else "All targets met.", ""])
+    if clicks := [o for o in all_obs if o["task"] == "computer_use"]:
+        where = ", ".join(f"{sum(o['outcome'] == k for o in clicks)} {k}" for k in CLICK_OUTCOMES)
+        L += [f"Where the {len(clicks)} clicks land: {where}. A click that finds the named kind of element and "
+              f"then picks one of that kind at random would be right {_mean(o['kind_chance'] for o in clicks):.3f} "
+              "of the time: above that, the labels are read.", ""]
     L += ["Parse errors and truncations per task:", "", "| task | n | parse errors | hit max_new_tokens |",
           "|---|---|---|---|"]
     for t in TASK_ORDER:

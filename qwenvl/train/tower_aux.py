@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 
 def scenes(path: str | Path, limit: int | None = None) -> list[tuple[str, list[dict], dict]]:
-    """(image path, objects, meta) of every one-image record with grounding objects (meta.objects) or text lines
-    (meta.lines, read_text / spot_text; objects then empty)."""
+    """(image path, objects, meta) of every one-image record with grounding objects (meta.objects), text lines
+    (meta.lines, read_text / spot_text) or GUI elements (computer_use; objects then empty)."""
     from ..synth.evaluate import load_records
 
     path = Path(path)
@@ -51,13 +51,14 @@ def scenes(path: str | Path, limit: int | None = None) -> list[tuple[str, list[d
         objs = meta.get("objects") or []
         images = [p.get("image") for m in rec["messages"] if isinstance(m.get("content"), list)
                   for p in m["content"] if isinstance(p, dict) and p.get("type") == "image"]
-        if (objs or text_lines(meta)) and len(images) == 1:
+        if (objs or text_lines(meta) or meta.get("task") == "computer_use") and len(images) == 1:
             out.append((str(path.parent / images[0]), objs, meta))
             if limit and len(out) >= limit:
                 break
     if not out:
-        raise ValueError(f"{path}: no grounding record with objects and no text record with lines, one image each "
-                         "(qwenvl.synth grounding or read_text / spot_text records are needed)")
+        raise ValueError(f"{path}: no grounding record with objects, no text record with lines and no GUI screenshot, "
+                         "one image each (qwenvl.synth grounding, read_text / spot_text or computer_use records are "
+                         "needed)")
     return out
 
 
@@ -122,19 +123,41 @@ def cell_labels(objects: list[dict], meta: dict, grid_hw: tuple[int, int], cell:
     return {k: v[0] for k, v in owner.items() if len(v) == 1}
 
 
+def element_cells(meta: dict, grid_hw: tuple[int, int], cell: int) -> dict[int, str]:
+    """{merged-token index: element name} for a computer_use screenshot: the cells of each element's box (where a
+    click lands) and of its label when the label lies outside the box (a field's or a checkbox's caption), so the
+    token a click needs carries the name the instruction uses. Cells two elements claim are left out."""
+    if meta.get("task") != "computer_use":
+        return {}
+    parts, names = [], []
+    for e in meta.get("elements", []):
+        parts.append({"box": e["box"]})
+        names.append(e["name"])
+        lb, b = e.get("label_box"), e["box"]
+        if lb and not (lb[0] >= b[0] and lb[1] >= b[1] and lb[2] <= b[2] and lb[3] <= b[3]):
+            parts.append({"box": lb})
+            names.append(e["name"])
+    owner: dict[int, set[str]] = {}
+    for i, k in ((i, k) for i in range(len(parts)) for k in cell_labels(parts[i:i + 1], meta, grid_hw, cell)):
+        owner.setdefault(k, set()).add(names[i])
+    return {k: next(iter(v)) for k, v in owner.items() if len(v) == 1}
+
+
 class Batcher:
     """Pixel inputs and per-token targets for a list of scenes (one processor call per picture): class indices
     for the object parts (`classes`) and, for text scenes, a multi-hot row over `glyphs` per cell with text."""
 
-    def __init__(self, vlm, classes: dict[str, list[str]], glyphs: list[str] = (), slots: int = 0):
+    def __init__(self, vlm, classes: dict[str, list[str]], glyphs: list[str] = (), slots: int = 0,
+                 elements: list[str] = ()):
         self.vlm, self.classes, self.glyphs = vlm, classes, {ch: i for i, ch in enumerate(glyphs)}
+        self.elements = {n: i for i, n in enumerate(elements)}  # GUI element names (empty: no element head)
         self.slots = slots  # > 0: per cell, the first `slots` characters in reading order (index len(glyphs): none)
         v = vlm.config.vision
         self.patch, self.cell = v.patch_size, v.patch_size * v.spatial_merge_size
 
     def __call__(self, batch):
         pix, grids, idx, targets, offset = [], [], [], {p: [] for p in self.classes}, 0
-        gidx, grows = [], []
+        gidx, grows, eidx, etgt = [], [], [], []
         for image, objs, meta in batch:
             part = {"type": "image", "image": image, **{k: meta[k] for k in ("min_pixels", "max_pixels") if k in meta}}
             b = self.vlm.processor([{"role": "user", "content": [part, {"type": "text", "text": "."}]}])
@@ -156,13 +179,20 @@ class Batcher:
                         row[[self.glyphs[ch] for ch in chars if ch in self.glyphs]] = 1.0
                     gidx.append(offset + k)
                     grows.append(row)
+            if self.elements:
+                for k, name in sorted(element_cells(meta, (rows, cols), self.cell).items()):
+                    if name in self.elements:
+                        eidx.append(offset + k)
+                        etgt.append(self.elements[name])
             pix.append(b.pixel_values)
             grids.append(g)
             offset += rows * cols
         empty = torch.zeros(0, self.slots, dtype=torch.long) if self.slots else torch.zeros(0, len(self.glyphs))
         glyph = (torch.tensor(gidx, dtype=torch.long), torch.stack(grows) if grows else empty)
-        return (torch.cat(pix), torch.cat(grids), torch.tensor(idx, dtype=torch.long),
-                {p: torch.tensor(t, dtype=torch.long) for p, t in targets.items()}, glyph)
+        targets = {p: torch.tensor(t, dtype=torch.long) for p, t in targets.items()}
+        if self.elements:  # the element head's cells and names ride along as one more part
+            targets["element"] = (torch.tensor(eidx, dtype=torch.long), torch.tensor(etgt, dtype=torch.long))
+        return torch.cat(pix), torch.cat(grids), torch.tensor(idx, dtype=torch.long), targets, glyph
 
 
 def anchor_error(tok: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -172,7 +202,7 @@ def anchor_error(tok: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_min: float | None, batch: int = 8,
           lr: float = 3e-4, warmup: int = 20, anchor: float = 4.0, seed: int = 0, eval_every: int = 100,
-          head_steps: int = 100, head_lr: float = 3e-3, glyph_slots: int = 0,
+          head_steps: int = 100, head_lr: float = 3e-3, glyph_slots: int = 0, element_names: bool = False,
           log_file: Path | None = None) -> list[dict]:
     """Train `vlm.model.visual` in place; returns the logged rows (step, losses, held-out accuracies)."""
     torch.manual_seed(seed)
@@ -180,12 +210,18 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
     objs = [o for _, os_, _ in train_scenes for o in os_]
     classes = {p: sorted({label_part(o, p) for o in objs}) for p in ("colour", "shape")} if objs else {}
     glyphs = sorted({ch for _, _, m in train_scenes for ln in text_lines(m) for ch in ln["text"] if not ch.isspace()})
+    elements = sorted({e["name"] for _, _, m in train_scenes if m.get("task") == "computer_use"
+                       for e in m.get("elements", [])}) if element_names else []
+    if element_names and not elements:
+        raise ValueError("the element head needs computer_use screenshots among the training records (--data)")
     tower = vlm.model.visual
     ref_tower = copy.deepcopy(tower).eval().requires_grad_(False)
     dim = vlm.config.vision.out_hidden_size
     heads = torch.nn.ModuleDict({p: torch.nn.Linear(dim, len(c)) for p, c in classes.items()})
     if glyphs:  # multi-hot over the glyphs, or `glyph_slots` softmaxes over the glyphs and "none"
         heads["glyph"] = torch.nn.Linear(dim, glyph_slots * (len(glyphs) + 1) if glyph_slots else len(glyphs))
+    if elements:  # which GUI element (by name) a token's cell belongs to
+        heads["element"] = torch.nn.Linear(dim, len(elements))
 
     def glyph_logits(t):  # (cells, G) multi-hot logits, or (cells, slots, G + 1)
         out = heads["glyph"](t)
@@ -196,7 +232,7 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
     # group 0: the tower (warm-up after the heads' own start, then cosine to 0.1x); group 1: the heads (constant).
     opt = torch.optim.AdamW([{"params": list(tower.parameters())}, {"params": list(heads.parameters()), "lr": head_lr}],
                             lr=lr, weight_decay=0.0)
-    make = Batcher(vlm, classes, glyphs, glyph_slots)
+    make = Batcher(vlm, classes, glyphs, glyph_slots, elements)
     total = steps or 10**9
     deadline = time.monotonic() + time_budget_min * 60 if time_budget_min else None
     budget_s = time_budget_min * 60 if time_budget_min else None
@@ -220,7 +256,7 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
     def evaluate():
         tower.eval()
         hits, n, err = {p: 0 for p in classes}, 0, 0.0
-        tp = fp = fn = exact = cells = 0
+        tp = fp = fn = exact = cells = e_hit = e_n = 0
         for i in range(0, len(heldout_scenes), batch):
             pix, grid, idx, tg, (gidx, grow) = make(heldout_scenes[i:i + batch])
             tok, ref = tower(pix, grid), ref_tower(pix, grid)
@@ -228,6 +264,10 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
             for p in classes:
                 hits[p] += (heads[p](tok[idx]).argmax(-1) == tg[p]).sum().item()
             n += len(idx)
+            if elements:
+                eidx, etgt = tg["element"]
+                e_hit += (heads["element"](tok[eidx]).argmax(-1) == etgt).sum().item()
+                e_n += len(eidx)
             if glyphs and len(gidx):
                 if glyph_slots:  # a slot's character is right, wrong, or missed
                     pred, none = glyph_logits(tok[gidx]).argmax(-1), len(glyphs)
@@ -248,6 +288,8 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
         if glyphs:  # micro F1 of the characters named per text cell, and the cells whose set is exactly right
             row.update(glyph_f1=round(2 * tp / max(1, 2 * tp + fp + fn), 4),
                        glyph_exact=round(exact / max(1, cells), 4), text_cells=cells)
+        if elements:
+            row.update(element_acc=round(e_hit / max(1, e_n), 4), element_cells=e_n)
         return {**row, "anchor_err": round(err / len(heldout_scenes), 5)}
 
     rows, step, t0 = [], 0, time.monotonic()
@@ -268,6 +310,9 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
             ref = ref_tower(pix, grid)
         a = anchor_error(tok, ref)
         ce = {p: F.cross_entropy(heads[p](tok[idx]), tg[p]) if len(idx) else tok.sum() * 0 for p in classes}
+        if elements:
+            eidx, etgt = tg["element"]
+            ce["element"] = F.cross_entropy(heads["element"](tok[eidx]), etgt) if len(eidx) else tok.sum() * 0
         if glyphs and not len(gidx):
             ce["glyph"] = tok.sum() * 0
         elif glyph_slots:  # summed over the slots, averaged over the cells
@@ -329,6 +374,9 @@ def main(argv=None) -> int:
     ap.add_argument("--min-text-px", type=float, default=0.0,
                     help="train on text scenes whose font is at least this many pixels high after the resize "
                          "(large glyphs first; grounding scenes are kept; default 0: all)")
+    ap.add_argument("--element-names", action="store_true",
+                    help="a head that names the GUI element each token's cell belongs to (computer_use screenshots: "
+                         "the element's box and its caption), the label a click instruction uses")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=100)
     a = ap.parse_args(argv)
@@ -348,7 +396,7 @@ def main(argv=None) -> int:
         (out / "tower_aux.jsonl").unlink(missing_ok=True)
         rows = train(vlm, train_scenes, held, steps=a.steps, time_budget_min=a.time_budget_min, batch=a.batch,
                      lr=a.lr, anchor=a.anchor, seed=a.seed, head_steps=a.head_steps, eval_every=a.eval_every,
-                     glyph_slots=a.glyph_slots,
+                     glyph_slots=a.glyph_slots, element_names=a.element_names,
                      log_file=out / "tower_aux.jsonl")
         vlm.save(out)
         print(json.dumps(rows[-1]), flush=True)
