@@ -49,12 +49,16 @@ def click_outcome(meta: dict, xy) -> str:
     was read, the label not), on an element of another kind, or on no element (qwenvl.synth.report counts them)."""
     if _inside(xy, meta["box"]):
         return "target"
-    els = meta.get("elements") or []
-    kind = els[meta["target"]]["type"] if els else None
-    hit = [e for e in els if _inside(xy, e["box"])]
+    hit = [e for e in meta.get("elements") or [] if _inside(xy, e["box"])]
     if not hit:
         return "no element"
-    return "same kind" if hit[0]["type"] == kind else "other kind"
+    return "same kind" if hit[0]["type"] == target_kind(meta) else "other kind"
+
+
+def target_kind(meta: dict) -> str | None:
+    """The kind (button, field, menu, checkbox) of a computer_use record's target element."""
+    els = meta.get("elements") or []
+    return els[meta["target"]]["type"] if els else None
 
 
 def score(record: dict, text: str) -> tuple[float, str | None]:

@@ -26,7 +26,8 @@ from ..tasks.coords import FrameMap
 from ..tasks.metrics import box_iou, charades_scores, click_accuracy, coco_map, counting_accuracy, \
     normalized_edit_distance, temporal_iou
 from ..tasks.types import ParseError
-from .evaluate import _f1, _inside, click_outcome, generate_answers, label_words, load_records, select
+from .evaluate import (_f1, _inside, click_outcome, generate_answers, label_words, load_records, select,
+                       target_kind)
 
 log = logging.getLogger("qwenvl.synth.report")
 
@@ -164,12 +165,10 @@ def _failed(m: dict) -> dict:
     elif task == "video_grounding":
         o.update(pred=None, gt=list(m["span"]))
     elif task == "computer_use":
-        els = m.get("elements") or []
-        kind = els[m["target"]]["type"] if els else None
+        kind = target_kind(m)
         o.update(pred=None, box=list(m["box"]), outcome="no answer",
-                 kind_chance=1 / max(1, sum(e["type"] == kind for e in els)))
+                 kind_chance=1 / max(1, sum(e["type"] == kind for e in m.get("elements") or [])))
     return o
-
 
 
 def _f1_counts(hits: int, n_pred: int, n_gt: int) -> float:

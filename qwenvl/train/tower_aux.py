@@ -138,8 +138,9 @@ def element_cells(meta: dict, grid_hw: tuple[int, int], cell: int) -> dict[int, 
             parts.append({"box": lb})
             names.append(e["name"])
     owner: dict[int, set[str]] = {}
-    for i, k in ((i, k) for i in range(len(parts)) for k in cell_labels(parts[i:i + 1], meta, grid_hw, cell)):
-        owner.setdefault(k, set()).add(names[i])
+    for part, name in zip(parts, names):
+        for k in cell_labels([part], meta, grid_hw, cell):
+            owner.setdefault(k, set()).add(name)
     return {k: next(iter(v)) for k, v in owner.items() if len(v) == 1}
 
 
