@@ -101,6 +101,34 @@ def test_click_outcomes_tell_reading_from_layout(data):
         assert o["outcome"] == "no answer" and o["kind_chance"] == 1 / sum(e["type"] == kind for e in els)
 
 
+def test_blind_video_answer_scores_the_middle_of_each_clip(data):
+    """The report's blind line: every video record carries the IoU of BLIND_SPAN's fractions of its clip, whatever
+    the model answered, and answering exactly that span scores the same IoU."""
+    from qwenvl.synth.report import BLIND_SPAN, blind_span
+    from qwenvl.synth.video import answer_text
+    from qwenvl.tasks.metrics import temporal_iou
+
+    _, recs = data
+    vids = _by(recs, "video_grounding")
+    assert vids
+    for r in vids:
+        m = r["meta"]
+        lo, hi = blind_span(m)
+        assert (lo, hi) == pytest.approx((BLIND_SPAN[0] * m["duration"], BLIND_SPAN[1] * m["duration"]))
+        want = temporal_iou([lo, hi], m["span"])
+        for answer in (r["messages"][-1]["content"], "no time here", answer_text(lo, hi)):
+            assert observe(r, answer)["blind"] == pytest.approx(want)
+        assert observe(r, answer_text(lo, hi))["score"] == pytest.approx(want, abs=0.05)  # answers round to 0.1 s
+
+
+def test_missing_markdown_file_is_a_clear_error(data, tmp_path):
+    d, _ = data
+    for flag in ("--gaps", "--notes", "--claims"):
+        with pytest.raises(SystemExit, match=f"error: {flag} .*nope.md: no such file"):
+            main(["--heldout", str(d / "heldout.jsonl"), flag, str(tmp_path / "nope.md"), "--out",
+                  str(tmp_path / "r.md")])
+
+
 def test_sparkline():
     assert sparkline([8.0, 4.0, 2.0, 1.0], width=4) == "█▆▃▁"
     assert sparkline([]) == ""
@@ -119,11 +147,13 @@ def test_report_command_end_to_end(data, tmp_path):
         runs.append(p)
     notes = tmp_path / "notes.md"
     notes.write_text("Run 1: lr 1e-3, curriculum 0.\n")
+    gaps = tmp_path / "gaps.md"
+    gaps.write_text("- **OCR**: read more.\n")
     claim = tmp_path / "claim.md"
     claim.write_text("#### A claim\n\n| x | y |\n|---|---|\n| 1 | 2 |\n")
     out = tmp_path / "docs" / "report.md"
     argv = ["-m", str(ckpt), "--heldout", str(d / "heldout.jsonl"), "--per-task", "1", "--max-new-tokens", "6",
-            "--metrics", str(runs[0]), "--metrics", str(runs[1]), "--notes", str(notes), "--claims", str(claim), "--out", str(out),
+            "--metrics", str(runs[0]), "--metrics", str(runs[1]), "--notes", str(notes), "--gaps", str(gaps), "--claims", str(claim), "--out", str(out),
             "--json", str(tmp_path / "r.json")]
     assert main(argv) == 0
     text = out.read_text()
@@ -132,6 +162,9 @@ def test_report_command_end_to_end(data, tmp_path):
                 "| OCR exact match |", "| Document edit distance", "| Temporal mIoU |", "| Click accuracy |"):
         assert row in text, row
     assert "missed by" in text and "Run 1: lr 1e-3, curriculum 0." in text
+    assert "What would close each gap: below." in text
+    assert "### What would close each gap\n\n- **OCR**: read more." in text
+    assert "A blind answer to the 1 videos, the middle 60 % of every clip, would score temporal mIoU " in text
     assert "Where the 1 clicks land: " in text and "| Clicks on an element of the named kind |" in text
     import torch  # the report names the CPU kind and torch: bf16 greedy answers can differ between CPU kinds
     on = next(line for line in text.splitlines() if line.startswith("- Computed on: "))

@@ -53,6 +53,9 @@ METRICS = [
     ("click_kind", "Clicks on an element of the named kind", "computer_use", None, True),
 ]
 CLICK_OUTCOMES = ("target", "same kind", "other kind", "no element", "no answer")
+# A blind video answer: the middle 60 % of every clip (the time claim's prior, fitted on its training clips by
+# qwenvl.synth.claims.fit_prior). Above its mIoU, the event's time is read from the frames.
+BLIND_SPAN = (0.2, 0.8)
 TASK_ORDER = ["detect", "refer", "point", "count", "read_text", "spot_text", "key_values", "document",
               "video_grounding", "computer_use"]
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -163,12 +166,17 @@ def _failed(m: dict) -> dict:
     elif task == "document":
         o["ned"] = 1.0
     elif task == "video_grounding":
-        o.update(pred=None, gt=list(m["span"]))
+        o.update(pred=None, gt=list(m["span"]), blind=temporal_iou(blind_span(m), list(m["span"])))
     elif task == "computer_use":
         kind = target_kind(m)
         o.update(pred=None, box=list(m["box"]), outcome="no answer",
                  kind_chance=1 / max(1, sum(e["type"] == kind for e in m.get("elements") or [])))
     return o
+
+
+def blind_span(meta: dict) -> list[float]:
+    """The blind answer for a video record: BLIND_SPAN's fractions of its clip, in seconds."""
+    return [BLIND_SPAN[0] * meta["duration"], BLIND_SPAN[1] * meta["duration"]]
 
 
 def _f1_counts(hits: int, n_pred: int, n_gt: int) -> float:
@@ -396,7 +404,7 @@ def machine() -> str:
 
 def build_report(command: str, model_dir: str, info: str, files: list[tuple[str, list, list]], curve: list[str],
                  notes: str | None, examples: int = 2, plot: str | None = None,
-                 claims: list[str] | None = None, computed_on: str | None = None) -> str:
+                 claims: list[str] | None = None, computed_on: str | None = None, gaps: str | None = None) -> str:
     """Markdown from per-file (name, records, observations with answers)."""
     all_obs = [o for _, _, obs in files for o in obs]
     agg = aggregate(all_obs)
@@ -410,13 +418,17 @@ def build_report(command: str, model_dir: str, info: str, files: list[tuple[str,
     L += ["", "## Metrics (all held-out files)", ""] + metrics_table(agg) + [""]
     missed = [f"{t} by {abs(tg - agg[k][0]):.3f} ({agg[k][0]:.3f} vs {tg:g})" for k, t, _, tg, hb in METRICS
               if k in agg and tg is not None and _verdict(agg[k][0], tg, hb) != "yes"]
-    see = " What would close each gap: see Notes." if notes else ""
+    see = " What would close each gap: below." if gaps else " What would close each gap: see Notes." if notes else ""
     L += ([f"Targets missed: {'; '.join(missed)}.{see}" if missed else "All targets met.", ""])
     if clicks := [o for o in all_obs if o["task"] == "computer_use"]:
         where = ", ".join(f"{sum(o['outcome'] == k for o in clicks)} {k}" for k in CLICK_OUTCOMES)
         L += [f"Where the {len(clicks)} clicks land: {where}. A click that finds the named kind of element and "
               f"then picks one of that kind at random would be right {_mean(o['kind_chance'] for o in clicks):.3f} "
               "of the time: above that, the labels are read.", ""]
+    if videos := [o for o in all_obs if o["task"] == "video_grounding"]:
+        L += [f"A blind answer to the {len(videos)} videos, the middle {100 * (BLIND_SPAN[1] - BLIND_SPAN[0]):.0f} % "
+              f"of every clip, would score temporal mIoU {_mean(o['blind'] for o in videos):.3f}: above that, the "
+              "event's time is read from the frames.", ""]
     L += ["Parse errors and truncations per task:", "", "| task | n | parse errors | hit max_new_tokens |",
           "|---|---|---|---|"]
     for t in TASK_ORDER:
@@ -424,6 +436,8 @@ def build_report(command: str, model_dir: str, info: str, files: list[tuple[str,
         if obs:
             L.append(f"| `{t}` | {len(obs)} | {sum(o['error'] is not None for o in obs)} | "
                      f"{sum(o.get('finish') == 'length' for o in obs)} |")
+    if gaps and missed:
+        L += ["", "### What would close each gap", "", gaps.rstrip()]
     if len(files) > 1:
         for name, _, obs in files:
             L += ["", f"### `{name}`", ""] + metrics_table(aggregate(obs), with_targets=False)
@@ -454,6 +468,8 @@ def _file_sha(path: str) -> str:
 def run(args: argparse.Namespace, argv: list[str]) -> Path:
     import qwenvl
 
+    notes, gaps = _markdown(args.notes, "--notes"), _markdown(args.gaps, "--gaps")  # before minutes of answers
+    claims = [_markdown(c, "--claims") for c in args.claims or []]
     vlm = qwenvl.load(args.model, dtype=args.dtype)
     model_dir = args.model or "qwenvl/embedded (the embedded default model)"
     files = []
@@ -471,17 +487,24 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     if args.metrics and not args.no_plot:
         png = plot_curve(args.metrics, out.with_name(out.stem + "-curve.png"))
         plot = png.name if png else None
-    notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else None
-    claims = [Path(c).read_text(encoding="utf-8") for c in args.claims or []]
     command = "python -m qwenvl.synth.report " + shlex.join(argv)
     text = build_report(command, model_dir, model_info(Path(vlm.path)), files, curve_section(args.metrics or []),
-                        notes, args.examples, plot, claims, computed_on=machine())
+                        notes, args.examples, plot, claims, computed_on=machine(), gaps=gaps)
     out.write_text(text, encoding="utf-8")
     if args.json:
         res = {"overall": aggregate([o for f in files for o in f[2]]),
                "files": {n: aggregate(obs) for n, _, obs in files}}
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return out
+
+
+def _markdown(path: str | None, flag: str) -> str | None:
+    """The text of a markdown file the report includes verbatim (None when not given)."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise SystemExit(f"error: {flag} {path}: no such file; give a markdown file to include in the report")
+    return Path(path).read_text(encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -495,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-task", type=int, default=None, help="first N records of each task per file (default all)")
     ap.add_argument("--out", default="docs/embedded-model.md")
     ap.add_argument("--notes", default=None, help="markdown included verbatim (run settings)")
+    ap.add_argument("--gaps", default=None, help="markdown included verbatim under \"What would close each gap\", "
+                    "right after the missed targets")
     ap.add_argument("--claims", action="append", default=None, help="markdown of a claim's table (python -m "
                     "qwenvl.synth.claims table), included verbatim under \"The report's claims\" (repeatable)")
     ap.add_argument("--max-new-tokens", type=int, default=512)
