@@ -154,3 +154,64 @@ def test_when_clips_are_scored_from_their_frame_lists(tmp_path):
     assert out["middle_guess_s"] == pytest.approx(
         sum(abs(r["meta"]["second"] - (r["meta"]["seconds"] - 1) / 2) for r in recs) / 3)
     assert out["mean_abs_error_s"] >= 0.0
+
+
+def test_span_clips_show_the_square_over_the_answered_patches(tmp_path):
+    """`span`: at 1, 2 or 4 fps the square fills whole temporal patches i..j-1, the answer (in the video-grounding
+    task's words) gives their start and end in seconds, the temporal MRoPE ids step 2 per second at every rate, and
+    the score is the temporal IoU; `evaluate` reports the blind middle-60 % answer beside the model's."""
+    from qwenvl.tiny import make_random_checkpoint
+    import qwenvl
+    from qwenvl.synth.probes import evaluate
+    from qwenvl.train.data import SFTData
+
+    path = build(tmp_path, "span", 24, seed=6, split="train")
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    assert {r["meta"]["fps"] for r in recs} == {1.0, 2.0, 4.0}
+    for r in recs:
+        m, video = r["meta"], r["messages"][0]["content"][0]
+        assert video["fps"] == m["fps"] and len(video["video"]) == m["duration"] * m["fps"]
+        assert len(video["video"]) % 2 == 0 and 4 <= m["duration"] <= 24
+        shown = [k for k, f in enumerate(video["video"])
+                 if (np.asarray(Image.open(tmp_path / f).convert("RGB")) != np.array(BACKGROUND)).any()]
+        t1, t2 = m["span"]
+        assert shown == list(range(round(t1 * m["fps"]), round(t2 * m["fps"])))  # frame k shows at k / fps s
+        assert shown[0] % 2 == 0 and len(shown) % 2 == 0 and 0 < t2 - t1 <= max(2 / m["fps"], m["duration"] / 2)
+        assert r["messages"][1]["content"] == f"The given query happens in {t1:.1f} - {t2:.1f} seconds."
+        assert f"'a {m['colour']} square appears'" in r["messages"][0]["content"][1]["text"]
+    vlm = qwenvl.load(make_random_checkpoint(tmp_path / "m", seed=0), pack=False)
+    data = SFTData([path], vlm.processor)
+    for k in range(6):
+        t = data[k].position_ids[0, data[k].input_ids == vlm.config.video_token_id].unique()
+        patch_s = 2 / recs[k]["meta"]["fps"]
+        assert (t[1:] - t[:-1]).tolist() == [round(2 * patch_s)] * (len(t) - 1)
+    m = {"task": "probe_span", "span": [2.0, 6.0], "duration": 10.0}
+    assert score({"meta": m}, "The given query happens in 2.0 - 6.0 seconds.") == 1.0
+    assert score({"meta": m}, "The given query happens in 4.0 - 8.0 seconds.") == pytest.approx(2 / 6)
+    assert score({"meta": m}, "soon") == 0.0
+    held = build(tmp_path / "h", "span", 3, seed=1, split="heldout")
+    out = evaluate(qwenvl.load(make_random_checkpoint(tmp_path / "m2", seed=0)), held, n=3)
+    hrecs = [json.loads(x)["meta"] for x in held.read_text().splitlines()]
+    blind = [score({"meta": h}, f"{0.2 * h['duration']} - {0.8 * h['duration']}") for h in hrecs]
+    assert out["task"] == "probe_span" and out["blind_mean_iou"] == pytest.approx(sum(blind) / 3)
+    assert 0.0 <= out["exact"] <= out["mean_iou"] + 1e-9 <= 1.0 + 1e-9
+
+
+def test_span_named_clips_keep_the_other_square_in_every_frame(tmp_path):
+    """`span_named`: a square of another colour, in the other half of the frame, shows in every frame; the named
+    square shows over the answered span only, on either side."""
+    path = build(tmp_path, "span_named", 16, seed=2, split="train")
+    sides = set()
+    for r in (json.loads(x) for x in path.read_text().splitlines()):
+        m, video = r["meta"], r["messages"][0]["content"][0]
+        assert m["other"] in COLOURS and m["other"] != m["colour"]
+        for k, f in enumerate(video["video"]):
+            img = np.asarray(Image.open(tmp_path / f).convert("RGB"))
+            has = lambda c: (img == np.array(COLOURS[c])).all(-1)  # noqa: E731
+            assert has(m["other"]).any()
+            assert has(m["colour"]).any() == (m["span"][0] <= k / m["fps"] < m["span"][1])
+            if has(m["colour"]).any():
+                xs_named, xs_other = np.nonzero(has(m["colour"]))[1], np.nonzero(has(m["other"]))[1]
+                assert xs_named.max() < xs_other.min() or xs_other.max() < xs_named.min()
+                sides.add(bool(xs_named.max() < xs_other.min()))
+    assert sides == {True, False}

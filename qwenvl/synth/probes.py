@@ -21,11 +21,13 @@ A recipe that cannot learn `side` cannot learn boxes, points, clicks or time spa
 
     python -m qwenvl.synth.probes build --out runs/probe --task side --n 4000 --seed 5
     python -m qwenvl.synth.probes score -m CHECKPOINT --data runs/probe/side-heldout.jsonl
+    bash scripts/probes_time.sh runs/probe-time    # the time rungs (`when`, then `span`) from the shipped model
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import sys
@@ -35,13 +37,14 @@ from PIL import Image, ImageDraw
 
 from . import COLOURS, DEFAULT_MIN_PIXELS, SPLIT_OFFSET, save_png
 
-TASKS = ("colour", "side", "cell", "point", "point_sizes", "when")
+TASKS = ("colour", "side", "cell", "point", "point_sizes", "when", "span", "span_named")
 POINT_TASKS = ("probe_point", "probe_point_sizes")  # scored by pixel error
 CELL = 28  # pixels per merged visual token (patch 14 x merge 2)
 SIZE = 112  # pixels: 4 x 4 merged visual tokens; the processor keeps this size
 SIZES = [(w, h) for w in range(56, 141, CELL) for h in range(56, 141, CELL) if w * h <= SIZE * SIZE]  # point_sizes
 LIMITS = {"min_pixels": DEFAULT_MIN_PIXELS, "max_pixels": SIZE * SIZE}
 WHEN_SIDE, WHEN_FPS, WHEN_SECONDS = 56, 2.0, (4, 24)  # `when`: frame size, sampling rate, clip length range (s)
+SPAN_FPS = (1.0, 2.0, 4.0)  # `span`: sampling rates (the clip length range is WHEN_SECONDS)
 BACKGROUND = (245, 245, 240)
 
 
@@ -68,11 +71,49 @@ def when_record(rng: random.Random, out: Path, name: str) -> dict:
             "meta": {"task": "probe_when", "answer": a, "colour": colour, "second": k, "seconds": seconds}}
 
 
+def span_record(rng: random.Random, out: Path, name: str, named: bool = False) -> dict:
+    """A `span` clip as a list of PNG frames and its record: the square shows in patches i..j-1 of P (with
+    `named`, beside a square of another colour that shows in every frame)."""
+    colour = rng.choice(sorted(COLOURS))
+    fps = rng.choice(SPAN_FPS)
+    patch_s = 2 / fps  # seconds per temporal patch (2 frames)
+    P = rng.randint(math.ceil(WHEN_SECONDS[0] / patch_s), math.floor(WHEN_SECONDS[1] / patch_s))
+    i = rng.randrange(P)
+    j = rng.randint(i + 1, min(P, i + max(1, P // 2)))  # at most half the clip, at least one patch
+    s = rng.randint(18, 26)
+    x, y = rng.randint(0, WHEN_SIDE - s), rng.randint(0, WHEN_SIDE - s)
+    blank = Image.new("RGB", (WHEN_SIDE, WHEN_SIDE), BACKGROUND)
+    other = None
+    if named:  # the other square sits in the opposite half, so the two never touch
+        other = rng.choice(sorted(set(COLOURS) - {colour}))
+        x = rng.randint(0, WHEN_SIDE // 2 - s)
+        ox, oy = rng.randint(WHEN_SIDE // 2, WHEN_SIDE - s), rng.randint(0, WHEN_SIDE - s)
+        if rng.random() < 0.5:
+            x, ox = ox, x
+        ImageDraw.Draw(blank).rectangle([ox, oy, ox + s - 1, oy + s - 1], fill=COLOURS[other])
+    shown = blank.copy()
+    ImageDraw.Draw(shown).rectangle([x, y, x + s - 1, y + s - 1], fill=COLOURS[colour])
+    paths = {"blank": f"media/{name}-blank.png", "shown": f"media/{name}-shown.png"}
+    save_png(blank, out / paths["blank"])
+    save_png(shown, out / paths["shown"])
+    frames = [paths["shown" if i <= f // 2 < j else "blank"] for f in range(2 * P)]
+    span = [i * patch_s, j * patch_s]
+    a = f"The given query happens in {span[0]:.1f} - {span[1]:.1f} seconds."
+    q = f"Give the query: 'a {colour} square appears', when does the described content occur in the video?"
+    video = {"type": "video", "video": frames, "fps": fps, "min_pixels": WHEN_SIDE ** 2, "max_pixels": WHEN_SIDE ** 2}
+    return {"messages": [{"role": "user", "content": [video, {"type": "text", "text": q}]},
+                         {"role": "assistant", "content": a}],
+            "meta": {"task": "probe_span", "answer": a, "colour": colour, "span": span, "duration": P * patch_s,
+                     "fps": fps, "other": other}}
+
+
 def make_record(task: str, rng: random.Random, out: Path, name: str) -> dict:
-    """Render one picture (a clip for `when`) under out/media/ and return its record (meta keeps the ground
+    """Render one picture (a clip for `when` and `span`) under out/media/ and return its record (meta keeps the ground
     truth)."""
     if task == "when":
         return when_record(rng, out, name)
+    if task in ("span", "span_named"):
+        return span_record(rng, out, name, named=task == "span_named")
     colour = rng.choice(sorted(COLOURS))
     W, H = rng.choice(SIZES) if task == "point_sizes" else (SIZE, SIZE)
     if task == "cell":
@@ -123,8 +164,18 @@ def answer_word(meta: dict) -> str:
 
 def score(record: dict, text: str) -> float:
     """1/0 for `colour` and `side` (the expected word is in the answer); for `point`, the mean absolute error of
-    the centre in pixels (SIZE when no "[x, y]" is found); for `when`, the error in seconds."""
+    the centre in pixels (SIZE when no "[x, y]" is found); for `when`, the error in seconds; for `span`, the
+    temporal IoU of the first "a - b" span (0 when none is found)."""
     m = record["meta"]
+    if m["task"] == "probe_span":
+        from ..tasks.metrics import temporal_iou
+        from ..tasks.parse import parse_time_spans
+        from ..tasks.types import ParseError
+
+        try:
+            return temporal_iou(parse_time_spans(text)[0], m["span"])
+        except ParseError:
+            return 0.0
     if m["task"] == "probe_when":  # seconds off (the clip's length when no number is found)
         nums = re.findall(r"\d+", text)
         return float(abs(int(nums[0]) - m["second"])) if nums else float(m["seconds"])
@@ -142,7 +193,8 @@ def evaluate(vlm, data: Path, n: int = 60) -> dict:
     from .evaluate import generate_answers, load_records
 
     recs = load_records(data)[:n]
-    gens = generate_answers(vlm, recs, data.parent, max_new_tokens=12, batch_size=12)
+    long = recs[0]["meta"]["task"] == "probe_span"  # "The given query happens in 12.5 - 14.0 seconds."
+    gens = generate_answers(vlm, recs, data.parent, max_new_tokens=32 if long else 12, batch_size=12)
     vals = [score(r, g.text) for r, g in zip(recs, gens)]
     task = recs[0]["meta"]["task"]
     out = {"task": task, "n": len(vals), "examples": [g.text for g in gens[:4]]}
@@ -150,6 +202,13 @@ def evaluate(vlm, data: Path, n: int = 60) -> dict:
         out["accuracy"] = sum(v == 0 for v in vals) / len(vals)
         out["mean_abs_error_s"] = sum(vals) / len(vals)
         out["middle_guess_s"] = sum(abs(r["meta"]["second"] - (r["meta"]["seconds"] - 1) / 2) for r in recs) / len(recs)
+    elif task == "probe_span":  # and the blind answer, the middle 60 % of every clip (the report's BLIND_SPAN)
+        from ..tasks.metrics import temporal_iou
+        from .report import blind_span
+
+        out["mean_iou"] = sum(vals) / len(vals)
+        out["exact"] = sum(v == 1.0 for v in vals) / len(vals)
+        out["blind_mean_iou"] = sum(temporal_iou(blind_span(r["meta"]), r["meta"]["span"]) for r in recs) / len(recs)
     elif task in POINT_TASKS:
         out["mean_abs_error_px"] = sum(vals) / len(vals)
         out["centre_guess_px"] = centre_guess(recs)
