@@ -48,6 +48,14 @@ SPAN_FPS = (1.0, 2.0, 4.0)  # `span`: sampling rates (the clip length range is W
 BACKGROUND = (245, 245, 240)
 
 
+def save_frames(out: Path, name: str, **frames: Image.Image) -> dict[str, str]:
+    """Save each frame once as out/media/<name>-<key>.png; return the paths relative to out, by key."""
+    paths = {k: f"media/{name}-{k}.png" for k in frames}
+    for k, img in frames.items():
+        save_png(img, out / paths[k])
+    return paths
+
+
 def when_record(rng: random.Random, out: Path, name: str) -> dict:
     """A `when` clip as a list of PNG frames (sampled at WHEN_FPS) and its record."""
     colour = rng.choice(sorted(COLOURS))
@@ -59,9 +67,7 @@ def when_record(rng: random.Random, out: Path, name: str) -> dict:
     shown = blank.copy()
     ImageDraw.Draw(shown).rectangle([x, y, x + s - 1, y + s - 1], fill=COLOURS[colour])
     per_s = round(WHEN_FPS)
-    paths = {"blank": f"media/{name}-blank.png", "shown": f"media/{name}-shown.png"}  # frames repeat two files
-    save_png(blank, out / paths["blank"])
-    save_png(shown, out / paths["shown"])
+    paths = save_frames(out, name, blank=blank, shown=shown)  # the clip's frames repeat these two files
     frames = [paths["shown" if i // per_s == k else "blank"] for i in range(seconds * per_s)]
     a = f"It appears at {k} seconds."
     video = {"type": "video", "video": frames, "fps": WHEN_FPS, "min_pixels": WHEN_SIDE ** 2,
@@ -93,9 +99,7 @@ def span_record(rng: random.Random, out: Path, name: str, named: bool = False) -
         ImageDraw.Draw(blank).rectangle([ox, oy, ox + s - 1, oy + s - 1], fill=COLOURS[other])
     shown = blank.copy()
     ImageDraw.Draw(shown).rectangle([x, y, x + s - 1, y + s - 1], fill=COLOURS[colour])
-    paths = {"blank": f"media/{name}-blank.png", "shown": f"media/{name}-shown.png"}
-    save_png(blank, out / paths["blank"])
-    save_png(shown, out / paths["shown"])
+    paths = save_frames(out, name, blank=blank, shown=shown)
     frames = [paths["shown" if i <= f // 2 < j else "blank"] for f in range(2 * P)]
     span = [i * patch_s, j * patch_s]
     a = f"The given query happens in {span[0]:.1f} - {span[1]:.1f} seconds."
