@@ -29,6 +29,13 @@
 #          16,384-token packs at 2e-4: made on a lent H200 in 2.2 min (scripts/device_stage_y.sh; DEVICE=cuda)
 #   Z      Y continued on 2 cores on W/X's data + 5,000 more videos (data/v2, data/v3), towers frozen, 50 min at
 #          1.5e-4; the weights end in OUT_DIR/z/export (the shipped model, fifteenth session)
+#   E M O  the time rungs, then the whole mix with them (not in the shipped chain: O's temporal mIoU rose 0.315 ->
+#          0.374 but clicks and points fell; notes, first section, twenty-third session):
+#          E: Z's language model, towers frozen, on the `when` probe (qwenvl.synth.probes: the one second in which a
+#          square shows), 600 steps at 5e-4; M: E on the `span` + `span_named` probes (the span of whole temporal
+#          patches in which a square of a named colour shows, in the video-grounding task's words), 600 steps at
+#          5e-4 (E and M are scripts/probes_time.sh's two runs); O: M continued on Z's data + the span probes,
+#          towers frozen, 45 min at 2e-4
 #   A-D    (STAGES=abcd: the model shipped until the eleventh session) A = F with the towers at 1/100 from the
 #          start (scripts/claims.sh starts from it); B: the mix, 45 min at 6e-4; C: the mix, 30 min at 4e-4;
 #          D: data/a + the mix, 80 min at 4e-4
@@ -39,8 +46,8 @@
 #   DEVICE=cuda AUTOCAST=bfloat16 BUDGET_MIN=8 bash scripts/train_embedded.sh /tmp/emb
 #   .venv/bin/python scripts/ship_embedded.py runs/embedded/z/export --heldout runs/embedded/data/heldout-c1.jsonl --objects 2
 #
-# Settings (environment): STAGES (fg, the default; fghiklnpqrstuvwxyz; abcd; any stages in that order), BUDGET_MIN (the
-# first two stages, split 40:45; or BUDGET_F ... BUDGET_Z, BUDGET_A ... BUDGET_D; Y runs 501 steps unless BUDGET_Y), PACK, WORKERS, GEN_WORKERS, DEVICE,
+# Settings (environment): STAGES (fg, the default; fghiklnpqrstuvwxyz; emo (the time rungs and O from Z); abcd; any stages in that order), BUDGET_MIN (the
+# first two stages, split 40:45; or BUDGET_F ... BUDGET_Z, BUDGET_O, BUDGET_A ... BUDGET_D; Y runs 501 steps unless BUDGET_Y), PACK, WORKERS, GEN_WORKERS, DEVICE,
 # AUTOCAST, TOKENIZER (a directory, or "train"), DATA_ONLY=1 (stop after the data), PYTHON. Extra arguments go
 # to every `qwenvl train` call. A stage whose export exists is skipped (delete OUT_DIR/f, .../g, ... to redo it).
 set -euo pipefail
@@ -87,7 +94,8 @@ build "$D/o0" train 0 documents,gui 300 13
 build "$D/o1" train 1 documents,gui 300 14
 build "$D/t0" train 0 text,video 100 15
 build "$D/t1" train 1 text,video 100 16
-if [[ "${STAGES:-fg}" == *[wxz]* ]]; then  # the text / video / GUI families at the grounding sets' scale
+if [[ "${STAGES:-fg}" == *[wxzo]* ]]; then  # the text / video / GUI families at the grounding sets' scale
+  build "$D/s224" train 1 grounding 2000 24 --max-side 224   # in their mix (TX) too
   build "$D/rt0" train 0 read_text 3000 41
   build "$D/st0" train 0 spot_text 1500 42
   build "$D/rt1" train 1 read_text,spot_text,key_values 1000 43
@@ -97,9 +105,16 @@ if [[ "${STAGES:-fg}" == *[wxz]* ]]; then  # the text / video / GUI families at 
   build "$D/u1" train 1 computer_use 1000 47
   build "$D/d01" train 1 document 600 48
 fi
-if [[ "${STAGES:-fg}" == *z* ]]; then  # stage Z's extra videos
+if [[ "${STAGES:-fg}" == *[zo]* ]]; then  # stage Z's extra videos
   build "$D/v2" train 0 video_grounding 3000 51
   build "$D/v3" train 1 video_grounding 2000 52
+fi
+if [[ "${STAGES:-fg}" == *[emo]* ]]; then  # the time rungs (qwenvl.synth.probes; same seeds as scripts/probes_time.sh)
+  for t in "when 4000 13" "span 3000 21" "span_named 3000 22"; do
+    read -r task n seed <<<"$t"
+    [ -f "$D/probe/$task-train.jsonl" ] || $PY -m qwenvl.synth.probes build --out "$D/probe" --task "$task" \
+        --n "$n" --seed "$seed" >/dev/null
+  done
 fi
 source scripts/stage_y_data.sh
 if [[ "${STAGES:-fg}" == *y* ]]; then ydata; fi  # stage Y's fresh mix
@@ -180,10 +195,35 @@ stage y x "$(ylist)" "$D/heldout-c1.jsonl" "${BUDGET_Y:-0}" 2e-4 20 23 frozen --
     --eval-every 100 --set eval_max_samples=40 "$@"
 # Z: Y continued on 2 CPU cores on W/X's data + 5,000 more videos (data/v2, data/v3), towers frozen, 50 min
 stage z y "$TX,$D/v2/train.jsonl,$D/v3/train.jsonl" "$D/heldout-c1.jsonl" "${BUDGET_Z:-50}" 1.5e-4 20 24 frozen "$@"
+# E, M: the time rungs from Z, as scripts/probes_time.sh runs them (towers frozen, no held-out loss, the config's seed)
+rung() {  # NAME FROM DATA
+  local name=$1 from=$2 data=$3
+  [[ "$STAGES" == *$name* ]] || return 0
+  last=$name
+  [ -f "$OUT_DIR/$name/export/config.json" ] && return 0
+  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$OUT_DIR/$from/export" --data "[$data]" \
+      --output-dir "$OUT_DIR/$name" --max-steps 600 --lr 5e-4 --warmup-steps 20 --epochs 20 --pack-length 2048 \
+      --min-lr-ratio 0.1 --time-budget-min 0 --tune-vision false --tune-merger false --save-every 0
+}
+P=$D/probe
+if [[ "$STAGES" == *e* && "$STAGES" != *z* && ! -f "$OUT_DIR/z/export/config.json" ]]; then
+  # Z not trained here: take its weights as shipped in commit 7b982ed (the package's model, qwenvl/embedded)
+  mkdir -p "$OUT_DIR/z/export"
+  for f in config.json generation_config.json model.safetensors tokenizer.json tokenizer_config.json; do
+    git show "7b982ed:qwenvl/embedded/$f" >"$OUT_DIR/z/export/$f" || {
+      echo "error: cannot read stage Z's weights from git commit 7b982ed (a shallow clone?); run STAGES=...z... or" \
+           "copy them into $OUT_DIR/z/export" >&2; exit 2; }
+  done
+fi
+rung e z "$P/when-train.jsonl"
+rung m e "$P/span-train.jsonl,$P/span_named-train.jsonl"
+# O: M on Z's data + the span rungs, towers frozen, 45 min
+stage o m "$TX,$D/v2/train.jsonl,$D/v3/train.jsonl,$P/span-train.jsonl,$P/span_named-train.jsonl" \
+    "$D/heldout-c1.jsonl" "${BUDGET_O:-45}" 2e-4 20 25 frozen "$@"
 # the earlier chain (shipped until the eleventh session; scripts/claims.sh starts from A)
 stage a init "$A" "$AH" "${BUDGET_A:-40}" 1e-3 30 0 0.01 "$@"
 stage b a "$mix" "$CH" "${BUDGET_B:-45}" 6e-4 30 0 0.01 "$@"
 stage c b "$mix" "$CH" "${BUDGET_C:-30}" 4e-4 10 1 0.01 "$@"
 stage d c "$A,$mix" "$CH" "${BUDGET_D:-80}" 4e-4 30 2 0.01 "$@"
-[ -n "$last" ] || { echo "error: STAGES=$STAGES names no stage; use letters from fghijklnpqrstuvwxyz and abcd" >&2; exit 2; }
+[ -n "$last" ] || { echo "error: STAGES=$STAGES names no stage; use letters from fghijklnpqrstuvwxyzemo and abcd" >&2; exit 2; }
 echo "weights: $OUT_DIR/$last/export"
