@@ -20,16 +20,12 @@ STEPS=${STEPS:-600}
 LR=${LR:-5e-4}
 export TOKENIZERS_PARALLELISM=false
 
-$PY -m qwenvl.synth.probes build --out "$OUT" --task when --n 4000 --seed 13 >/dev/null
-$PY -m qwenvl.synth.probes build --out "$OUT" --task span --n 3000 --seed 21 >/dev/null
-$PY -m qwenvl.synth.probes build --out "$OUT" --task span_named --n 3000 --seed 22 >/dev/null
+source scripts/time_rungs.sh
+rung_data "$OUT"
 
 run() {  # NAME FROM DATA TASKS...
   local name=$1 from=$2 data=$3; shift 3
-  [ -f "$OUT/$name/export/config.json" ] || $PY -m qwenvl train sft --config configs/embedded.yaml --model "$from" \
-      --data "[$data]" --output-dir "$OUT/$name" --max-steps "$STEPS" --lr "$LR" --warmup-steps 20 --epochs 20 \
-      --pack-length 2048 --min-lr-ratio 0.1 --time-budget-min 0 --tune-vision false --tune-merger false \
-      --save-every 0 >"$OUT/$name.log" 2>&1
+  [ -f "$OUT/$name/export/config.json" ] || rung_train "$from" "$data" "$OUT/$name" "$STEPS" "$LR" >"$OUT/$name.log" 2>&1
   for task in "$@"; do
     $PY -m qwenvl.synth.probes score -m "$OUT/$name/export" --data "$OUT/$task-heldout.jsonl" \
         >"$OUT/$name/score-$task.json" 2>/dev/null

@@ -109,13 +109,8 @@ if [[ "${STAGES:-fg}" == *[zo]* ]]; then  # stage Z's extra videos
   build "$D/v2" train 0 video_grounding 3000 51
   build "$D/v3" train 1 video_grounding 2000 52
 fi
-if [[ "${STAGES:-fg}" == *[emo]* ]]; then  # the time rungs (qwenvl.synth.probes; same seeds as scripts/probes_time.sh)
-  for t in "when 4000 13" "span 3000 21" "span_named 3000 22"; do
-    read -r task n seed <<<"$t"
-    [ -f "$D/probe/$task-train.jsonl" ] || $PY -m qwenvl.synth.probes build --out "$D/probe" --task "$task" \
-        --n "$n" --seed "$seed" >/dev/null
-  done
-fi
+source scripts/time_rungs.sh
+if [[ "${STAGES:-fg}" == *[emo]* ]]; then rung_data "$D/probe"; fi  # the time rungs (as scripts/probes_time.sh)
 source scripts/stage_y_data.sh
 if [[ "${STAGES:-fg}" == *y* ]]; then ydata; fi  # stage Y's fresh mix
 # the report's held-out files (docs/embedded-model.md)
@@ -201,9 +196,7 @@ rung() {  # NAME FROM DATA
   [[ "$STAGES" == *$name* ]] || return 0
   last=$name
   [ -f "$OUT_DIR/$name/export/config.json" ] && return 0
-  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$OUT_DIR/$from/export" --data "[$data]" \
-      --output-dir "$OUT_DIR/$name" --max-steps 600 --lr 5e-4 --warmup-steps 20 --epochs 20 --pack-length 2048 \
-      --min-lr-ratio 0.1 --time-budget-min 0 --tune-vision false --tune-merger false --save-every 0
+  rung_train "$OUT_DIR/$from/export" "$data" "$OUT_DIR/$name" 600 5e-4
 }
 P=$D/probe
 if [[ "$STAGES" == *e* && "$STAGES" != *z* && ! -f "$OUT_DIR/z/export/config.json" ]]; then
