@@ -5,7 +5,8 @@ import json
 import pytest
 
 from qwenvl.synth.build import build_dataset
-from qwenvl.synth.report import METRICS, aggregate, main, observe, sparkline
+from qwenvl.synth.curve import sparkline
+from qwenvl.synth.report import METRICS, aggregate, main, observe
 from qwenvl.tasks.coords import FrameMap
 
 
@@ -121,6 +122,49 @@ def test_blind_video_answer_scores_the_middle_of_each_clip(data):
         assert observe(r, answer_text(lo, hi))["score"] == pytest.approx(want, abs=0.05)  # answers round to 0.1 s
 
 
+def test_partial_r_takes_the_clip_length_out():
+    """partial_r against numpy's own least squares and Pearson r; answers sized to the clip alone have no
+    partial correlation left (None), exact answers have 1, and n < 3 is undefined."""
+    import numpy as np
+
+    from qwenvl.synth.report import partial_r
+
+    rng = np.random.default_rng(0)
+    z = rng.uniform(4, 24, 40)
+    y = rng.uniform(0, 0.5, 40) * z
+    x = 0.3 * z + 0.5 * y + rng.normal(0, 0.5, 40)
+
+    def res(v):
+        return v - np.polyval(np.polyfit(z, v, 1), z)
+
+    want = np.corrcoef(res(x), res(y))[0, 1]
+    assert partial_r(list(x), list(y), list(z)) == pytest.approx(want, abs=1e-9)
+    assert partial_r(list(y), list(y), list(z)) == pytest.approx(1.0)
+    assert partial_r(list(-y), list(y), list(z)) == pytest.approx(-1.0)
+    assert partial_r(list(0.2 * z + 1), list(y), list(z)) is None  # a span scaled to the clip follows no event
+    assert partial_r([1.0, 2.0], [1.0, 2.0], [3.0, 4.0]) is None
+
+
+def test_span_following_uses_parsed_answers_and_the_clip_length(data):
+    """The report's event line: truth answers follow the event (r = 1 when the starts vary beyond the clip's
+    length), unparsed answers are left out, and answers sized to the clip give undefined r."""
+    from qwenvl.synth.report import span_following
+    from qwenvl.synth.video import answer_text
+
+    _, recs = data
+    vids = _by(recs, "video_grounding")
+    obs = [observe(r, r["messages"][-1]["content"]) for r in vids] * 3
+    for k, o in enumerate(obs):  # spread the truth so the fit has residuals, as a big held-out set would
+        o = obs[k] = {**o, "gt": [o["gt"][0] + 0.37 * k, o["gt"][1] + 0.11 * k * k],
+                      "duration": o["duration"] + (k % 3)}
+        o["pred"] = list(o["gt"])
+    rs, re_, n = span_following(obs + [{**obs[0], "pred": None}])
+    assert n == len(obs) and rs == pytest.approx(1.0) and re_ == pytest.approx(1.0)
+    sized = [{**o, "pred": [0.2 * o["duration"], 0.8 * o["duration"]]} for o in obs]
+    assert span_following(sized) == (None, None, len(obs))
+    assert observe(vids[0], answer_text(1.0, 2.0))["duration"] == vids[0]["meta"]["duration"]
+
+
 def test_missing_markdown_file_is_a_clear_error(data, tmp_path):
     d, _ = data
     for flag in ("--gaps", "--notes", "--claims"):
@@ -165,6 +209,7 @@ def test_report_command_end_to_end(data, tmp_path):
     assert "What would close each gap: below." in text
     assert "### What would close each gap\n\n- **OCR**: read more." in text
     assert "A blind answer to the 1 videos, the middle 60 % of every clip, would score temporal mIoU " in text
+    assert "Do the spans follow the event? With each clip's length regressed out of both sides" in text
     assert "Where the 1 clicks land: " in text and "| Clicks on an element of the named kind |" in text
     import torch  # the report names the CPU kind and torch: bf16 greedy answers can differ between CPU kinds
     on = next(line for line in text.splitlines() if line.startswith("- Computed on: "))
@@ -173,5 +218,6 @@ def test_report_command_end_to_end(data, tmp_path):
     assert "### Run 2:" in text and "| 31–" in text
     assert (tmp_path / "docs" / "report-curve.png").stat().st_size > 0
     first = json.loads((tmp_path / "r.json").read_text())
+    assert first["span_following"]["n"] <= 1 and first["span_following"]["start_r"] is None  # one clip: undefined
     assert main(argv) == 0  # rerunning reproduces the report
     assert out.read_text() == text and json.loads((tmp_path / "r.json").read_text()) == first

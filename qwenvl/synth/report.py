@@ -26,6 +26,7 @@ from ..tasks.coords import FrameMap
 from ..tasks.metrics import box_iou, charades_scores, click_accuracy, coco_map, counting_accuracy, \
     normalized_edit_distance, temporal_iou
 from ..tasks.types import ParseError
+from .curve import curve_section, plot_curve
 from .evaluate import (_f1, _inside, click_outcome, generate_answers, label_words, load_records, select,
                        target_kind)
 
@@ -58,7 +59,6 @@ CLICK_OUTCOMES = ("target", "same kind", "other kind", "no element", "no answer"
 BLIND_SPAN = (0.2, 0.8)
 TASK_ORDER = ["detect", "refer", "point", "count", "read_text", "spot_text", "key_values", "document",
               "video_grounding", "computer_use"]
-SPARKS = "▁▂▃▄▅▆▇█"
 
 
 def _norm(s: str) -> str:
@@ -166,7 +166,8 @@ def _failed(m: dict) -> dict:
     elif task == "document":
         o["ned"] = 1.0
     elif task == "video_grounding":
-        o.update(pred=None, gt=list(m["span"]), blind=temporal_iou(blind_span(m), list(m["span"])))
+        o.update(pred=None, gt=list(m["span"]), duration=float(m["duration"]),
+                 blind=temporal_iou(blind_span(m), list(m["span"])))
     elif task == "computer_use":
         kind = target_kind(m)
         o.update(pred=None, box=list(m["box"]), outcome="no answer",
@@ -177,6 +178,37 @@ def _failed(m: dict) -> dict:
 def blind_span(meta: dict) -> list[float]:
     """The blind answer for a video record: BLIND_SPAN's fractions of its clip, in seconds."""
     return [BLIND_SPAN[0] * meta["duration"], BLIND_SPAN[1] * meta["duration"]]
+
+
+def partial_r(x: list[float], y: list[float], z: list[float]) -> float | None:
+    """Pearson r of x and y once z is regressed out of each (least squares with an intercept): how far the
+    predicted times `x` follow the true ones `y` beyond what the clip's length `z` explains. None when either
+    residual has no spread (e.g. answers that are a function of the clip's length alone) or n < 3."""
+    n = len(x)
+    if n < 3 or len(y) != n or len(z) != n:
+        return None
+
+    def resid(v):
+        mz, mv = sum(z) / n, sum(v) / n
+        szz = sum((a - mz) ** 2 for a in z)
+        b = sum((a - mz) * (c - mv) for a, c in zip(z, v)) / szz if szz > 0 else 0.0
+        return [c - mv - b * (a - mz) for a, c in zip(z, v)]
+
+    rx, ry = resid(x), resid(y)
+    sx, sy = math.sqrt(sum(a * a for a in rx)), math.sqrt(sum(a * a for a in ry))
+    scale = max(1.0, max(abs(a) for a in x + y))
+    if sx <= 1e-9 * scale * math.sqrt(n) or sy <= 1e-9 * scale * math.sqrt(n):
+        return None
+    return sum(a * b for a, b in zip(rx, ry)) / (sx * sy)
+
+
+def span_following(videos: list[dict]) -> tuple[float | None, float | None, int]:
+    """(partial r of the predicted start, of the predicted end, answers used): each side against the truth with
+    the clip's duration regressed out (`partial_r`), over the video observations that parsed."""
+    got = [o for o in videos if o["pred"] is not None]
+    dur = [o["duration"] for o in got]
+    return (partial_r([o["pred"][0] for o in got], [o["gt"][0] for o in got], dur),
+            partial_r([o["pred"][1] for o in got], [o["gt"][1] for o in got], dur), len(got))
 
 
 def _f1_counts(hits: int, n_pred: int, n_gt: int) -> float:
@@ -251,113 +283,6 @@ def metrics_table(agg: dict, with_targets: bool = True) -> list[str]:
     return rows
 
 
-# ------------------------------------------------------------------------------------------- training curve
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The per-step rows (with a numeric loss) of a trainer's metrics.jsonl, in file order."""
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(r, dict) and isinstance(r.get("loss"), (int, float)) and "step" in r:
-            rows.append(r)
-    return rows
-
-
-def _nice(x: float) -> int:
-    """The smallest 1/2/5 x 10^k integer >= x."""
-    e = 10 ** max(0, math.floor(math.log10(max(x, 1))))
-    return next(k * e for k in (1, 2, 5, 10) if k * e >= x)
-
-
-def _bins(values: list[float], n: int) -> list[float]:
-    if not values:
-        return []
-    n = max(1, min(n, len(values)))
-    return [_mean(values[i * len(values) // n:(i + 1) * len(values) // n]) for i in range(n)]
-
-
-def sparkline(values: list[float], width: int = 60) -> str:
-    """Unicode sparkline of `values` averaged into at most `width` bins (log scale when all are positive)."""
-    b = _bins(values, width)
-    if not b:
-        return ""
-    if min(b) > 0:
-        b = [math.log(x) for x in b]
-    lo, hi = min(b), max(b)
-    return "".join(SPARKS[0 if hi == lo else round((x - lo) / (hi - lo) * (len(SPARKS) - 1))] for x in b)
-
-
-def curve_section(paths: list[str]) -> list[str]:
-    lines = ["## Training curve", ""]
-    for i, p in enumerate(paths, 1):
-        rows = read_metrics(p)
-        lines += [f"### Run {i}: `{p}`", ""]
-        if not rows:
-            lines += ["(no loss rows)", ""]
-            continue
-        losses = [float(r["loss"]) for r in rows]
-        secs = sum(float(r.get("seconds", 0)) for r in rows)
-        samples = sum(int(r.get("samples", 0)) for r in rows)
-        tokens = sum(int(r.get("tokens", 0)) for r in rows)
-        lines += [f"{len(rows)} steps (step {rows[0]['step']}–{rows[-1]['step']}), {samples:,} samples, "
-                  f"{tokens:,} tokens, {secs / 60:.1f} min of step time; final lr {rows[-1].get('lr', float('nan')):.3g}.",
-                  "", f"loss {losses[0]:.3f} `{sparkline(losses)}` {losses[-1]:.3f} (log scale)", "",
-                  "| steps | samples seen | mean loss | min loss |", "|---|---|---|---|"]
-        seg, seen = _nice(len(rows) / 10), 0
-        for a in range(0, len(rows), seg):
-            part = rows[a:a + seg]
-            seen += sum(int(r.get("samples", 0)) for r in part)
-            ls = [float(r["loss"]) for r in part]
-            lines.append(f"| {part[0]['step']}–{part[-1]['step']} | {seen:,} | {_mean(ls):.3f} | {min(ls):.3f} |")
-        lines.append("")
-    return lines
-
-
-def plot_curve(paths: list[str], out: Path, size=(800, 360)) -> Path | None:
-    """PNG of every run's loss (log scale, runs concatenated, binned means over the raw points)."""
-    from PIL import Image, ImageDraw
-
-    runs = [[float(r["loss"]) for r in read_metrics(p)] for p in paths]
-    allv = [x for r in runs for x in r if x > 0]
-    if not allv:
-        return None
-    W, H, L, R, T, B = *size, 50, 10, 20, 30
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    lo, hi = math.log(min(allv)), math.log(max(allv))
-    total = sum(len(r) for r in runs)
-
-    def xy(i, v):
-        y = 0.5 if hi == lo else (math.log(max(v, 1e-12)) - lo) / (hi - lo)
-        return L + (W - L - R) * i / max(1, total - 1), H - B - (H - T - B) * y
-
-    d.rectangle([L, T, W - R, H - B], outline="black")
-    for v in (math.exp(lo), math.exp((lo + hi) / 2), math.exp(hi)):
-        d.text((2, xy(0, v)[1] - 5), f"{v:.2f}", fill="black")
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
-    start = 0
-    for k, r in enumerate(runs):
-        c = colours[k % len(colours)]
-        d.point([xy(start + i, v) for i, v in enumerate(r)], fill="#bbbbbb")
-        n = max(1, min(100, len(r)))
-        mids = [start + (i + 0.5) * len(r) / n for i in range(n)]
-        pts = [xy(x, v) for x, v in zip(mids, _bins(r, n))]
-        if len(pts) > 1:
-            d.line(pts, fill=c, width=2)
-        d.text((xy(start, allv[0])[0] + 4, H - B + 4), f"run {k + 1}", fill=c)
-        start += len(r)
-        if k < len(runs) - 1:
-            d.line([xy(start, 1)[0], T, xy(start, 1)[0], H - B], fill="#888888")
-    d.text((L, 4), "training loss per step (log scale); grey: raw, colour: binned mean", fill="black")
-    d.text((W - R - 150, H - B + 4), f"{total} steps, runs in order", fill="black")
-    img.save(out)
-    return out
-
-
 # ------------------------------------------------------------------------------------------- the report
 
 
@@ -429,6 +354,12 @@ def build_report(command: str, model_dir: str, info: str, files: list[tuple[str,
         L += [f"A blind answer to the {len(videos)} videos, the middle {100 * (BLIND_SPAN[1] - BLIND_SPAN[0]):.0f} % "
               f"of every clip, would score temporal mIoU {_mean(o['blind'] for o in videos):.3f}: above that, the "
               "event's time is read from the frames.", ""]
+        rs, re_, n = span_following(videos)
+        fmt = lambda r: "undefined" if r is None else f"{r:.2f}"  # noqa: E731
+        L += [f"Do the spans follow the event? With each clip's length regressed out of both sides, the predicted "
+              f"start and end correlate with the true ones at r = {fmt(rs)} / {fmt(re_)} ({n} answers; by chance "
+              f"about ±{1 / math.sqrt(max(1, n)):.2f}). Near 0, the spans are sized to the clip, not placed on the "
+              "event.", ""]
     L += ["Parse errors and truncations per task:", "", "| task | n | parse errors | hit max_new_tokens |",
           "|---|---|---|---|"]
     for t in TASK_ORDER:
@@ -492,8 +423,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
                         notes, args.examples, plot, claims, computed_on=machine(), gaps=gaps)
     out.write_text(text, encoding="utf-8")
     if args.json:
-        res = {"overall": aggregate([o for f in files for o in f[2]]),
-               "files": {n: aggregate(obs) for n, _, obs in files}}
+        every = [o for f in files for o in f[2]]
+        res = {"overall": aggregate(every), "files": {n: aggregate(obs) for n, _, obs in files}}
+        if videos := [o for o in every if o["task"] == "video_grounding"]:
+            res["span_following"] = dict(zip(("start_r", "end_r", "n"), span_following(videos)))
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return out
 
