@@ -218,6 +218,9 @@ def test_report_command_end_to_end(data, tmp_path):
     assert "### Run 2:" in text and "| 31–" in text
     assert (tmp_path / "docs" / "report-curve.png").stat().st_size > 0
     first = json.loads((tmp_path / "r.json").read_text())
+    from qwenvl.synth.report import TASK_ORDER
+    assert [r["task"] for r in first["records"]] == TASK_ORDER  # --per-task 1: one scored record per task
+    assert all(0 <= r["score"] <= 1 and r["file"] == str(d / "heldout.jsonl") for r in first["records"])
     assert first["span_following"]["n"] <= 1 and first["span_following"]["start_r"] is None  # one clip: undefined
     assert main(argv) == 0  # rerunning reproduces the report
     assert out.read_text() == text and json.loads((tmp_path / "r.json").read_text()) == first

@@ -425,6 +425,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     if args.json:
         every = [o for f in files for o in f[2]]
         res = {"overall": aggregate(every), "files": {n: aggregate(obs) for n, _, obs in files}}
+        res["records"] = [{"file": n, "id": o["id"], "task": o["task"], "score": o["score"]}
+                          for n, _, obs in files for o in obs]
         if videos := [o for o in every if o["task"] == "video_grounding"]:
             res["span_following"] = dict(zip(("start_r", "end_r", "n"), span_following(videos)))
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
@@ -459,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--dtype", default=None, help="weights dtype (default: the checkpoint's)")
     ap.add_argument("--examples", type=int, default=2, help="example answers shown per task")
-    ap.add_argument("--json", default=None, help="also write the metrics as JSON here")
+    ap.add_argument("--json", default=None, help="also write the metrics and each record's score as JSON here (compare two "
+                    "models with python -m qwenvl.synth.compare A.json B.json)")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG of the training curve")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
