@@ -9,7 +9,8 @@ from pathlib import Path
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
-def _mean(xs) -> float:
+def mean(xs) -> float:
+    """The mean of `xs` (0.0 when empty)."""
     xs = list(xs)
     return sum(xs) / len(xs) if xs else 0.0
 
@@ -37,7 +38,7 @@ def _bins(values: list[float], n: int) -> list[float]:
     if not values:
         return []
     n = max(1, min(n, len(values)))
-    return [_mean(values[i * len(values) // n:(i + 1) * len(values) // n]) for i in range(n)]
+    return [mean(values[i * len(values) // n:(i + 1) * len(values) // n]) for i in range(n)]
 
 
 def sparkline(values: list[float], width: int = 60) -> str:
@@ -72,7 +73,7 @@ def curve_section(paths: list[str]) -> list[str]:
             part = rows[a:a + seg]
             seen += sum(int(r.get("samples", 0)) for r in part)
             ls = [float(r["loss"]) for r in part]
-            lines.append(f"| {part[0]['step']}–{part[-1]['step']} | {seen:,} | {_mean(ls):.3f} | {min(ls):.3f} |")
+            lines.append(f"| {part[0]['step']}–{part[-1]['step']} | {seen:,} | {mean(ls):.3f} | {min(ls):.3f} |")
         lines.append("")
     return lines
 

@@ -27,6 +27,7 @@ from ..tasks.metrics import box_iou, charades_scores, click_accuracy, coco_map, 
     normalized_edit_distance, temporal_iou
 from ..tasks.types import ParseError
 from .curve import curve_section, plot_curve
+from .curve import mean as _mean
 from .evaluate import (_f1, _inside, click_outcome, generate_answers, label_words, load_records, select,
                        target_kind)
 
@@ -215,11 +216,6 @@ def _f1_counts(hits: int, n_pred: int, n_gt: int) -> float:
     if n_pred == 0 and n_gt == 0:
         return 1.0
     return 0.0 if hits == 0 else 2 * hits / (n_pred + n_gt)
-
-
-def _mean(xs) -> float:
-    xs = list(xs)
-    return sum(xs) / len(xs) if xs else 0.0
 
 
 def aggregate(obs: list[dict]) -> dict:
