@@ -3,6 +3,7 @@ in (shared cells left out), the anchor is a relative distance, and the command t
 a loadable model directory and its log, and names a file without grounding scenes."""
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -29,6 +30,32 @@ def test_anchor_error_is_relative():
     assert anchor_error(ref, ref).item() == 0.0
     assert abs(anchor_error(torch.zeros_like(ref), ref).item() - 1.0) < 1e-6
     assert abs(anchor_error(1.1 * ref, ref).item() - 0.01) < 1e-6
+    moved = torch.cat([ref[:4] * 3.0, ref[4:]])  # only the first 4 tokens move
+    keep = torch.tensor([False] * 4 + [True] * 6)
+    assert anchor_error(moved, ref, keep).item() == 0.0 and anchor_error(moved, ref).item() > 0.5
+    assert anchor_error(moved, ref, ~keep).item() > 1.0
+    assert anchor_error(moved, ref, torch.zeros(10, dtype=torch.bool)).item() == 0.0
+
+
+def test_anchor_on_grounding_scenes_holds_their_tokens_only(tmp_path, capsys):
+    from qwenvl.tiny import make_random_checkpoint
+
+    build_dataset(tmp_path / "g", n_per_task={"computer_use": 3, "refer": 3}, split="train", seed=8)
+    f = str(tmp_path / "g" / "train.jsonl")
+    ckpt = make_random_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    assert main(["-m", str(ckpt), "--data", f, "--heldout", f, "--out", str(out), "--steps", "2", "--head-steps", "0",
+                 "--batch", "6", "--element-names", "--element-cells", "label", "--anchor-scenes", "grounding",
+                 "--lr", "1e-2"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # both figures are measured: all tokens, and the grounding scenes' tokens alone
+    assert row["anchor_err"] > 0.0 and row["anchor_err_grounding"] > 0.0
+    # no grounding scene to hold: a clear error naming the fix
+    build_dataset(tmp_path / "u", n_per_task={"computer_use": 2}, split="train", seed=9)
+    u = str(tmp_path / "u" / "train.jsonl")
+    assert main(["-m", str(ckpt), "--data", u, "--heldout", u, "--out", str(out), "--steps", "1",
+                 "--anchor-scenes", "grounding"]) == 2
+    assert "--anchor-scenes all" in capsys.readouterr().err
 
 
 def test_command_trains_the_tower_only_and_writes_a_loadable_model(tmp_path, capsys):
@@ -169,12 +196,23 @@ def test_element_head_names_the_cells_a_click_lands_on(tmp_path, capsys):
         k = min(int(py * rh / oh // 28), rows - 1) * cols + min(int(px * rw / ow // 28), cols - 1)
         target = meta["elements"][meta["target"]]["name"]
         assert cells.get(k, target) == target
+        # label mode: only cells under a label's ink, each named after the element whose label it is
+        lab = element_cells(meta, (rows, cols), 28, "label")
+        assert lab and set(lab.values()) <= {e["name"] for e in meta["elements"]}
+        for k, name in lab.items():
+            r, c = divmod(k, cols)
+            cx, cy = (c + 0.5) * 28 * ow / rw, (r + 0.5) * 28 * oh / rh
+            inks = [e["label_box"] for e in meta["elements"] if e["name"] == name]
+            assert any(b[0] - 14 * ow / rw <= cx <= b[2] + 14 * ow / rw and b[1] - 14 * oh / rh <= cy <= b[3] + 14 * oh / rh
+                       for b in inks)
     # a grounding record has no elements
     assert element_cells({"task": "refer", "objects": []}, (4, 4), 28) == {}
+    with pytest.raises(ValueError, match="'box' or 'label'"):
+        element_cells(sc[0][2], (4, 4), 28, "cells")
     ckpt = make_random_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "out"
     rc = main(["-m", str(ckpt), "--data", str(f), "--heldout", str(f), "--out", str(out), "--steps", "2",
-               "--head-steps", "1", "--batch", "2", "--element-names"])
+               "--head-steps", "1", "--batch", "2", "--element-names", "--element-cells", "label"])
     assert rc == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["element_cells"] > 0 and 0.0 <= last["element_acc"] <= 1.0

@@ -11,7 +11,9 @@ centre in each token's cell (multi-hot, binary cross-entropy), the glyph signal 
 `--glyph-slots K` it names the cell's first K characters in reading order instead (one softmax per slot, "none"
 when the cell holds fewer), so the order inside a cell has to be in the token too, and `--min-text-px` keeps only
 text scenes with large glyphs, for a first round. The heads are dropped; the model directory written is the
-starting one with the new tower.
+starting one with the new tower. `--element-names` adds a head that names the GUI element (the word a click
+instruction uses) in the cells of its box or, with `--element-cells label`, of its label's ink; `--anchor-scenes
+grounding` holds only the grounding scenes' tokens, so text and GUI tokens may move while the shapes' stay.
 
     python -m qwenvl.train.tower_aux -m MODEL --data train.jsonl [--data more.jsonl] --heldout heldout.jsonl \
         --out DIR --time-budget-min 15
@@ -123,17 +125,26 @@ def cell_labels(objects: list[dict], meta: dict, grid_hw: tuple[int, int], cell:
     return {k: v[0] for k, v in owner.items() if len(v) == 1}
 
 
-def element_cells(meta: dict, grid_hw: tuple[int, int], cell: int) -> dict[int, str]:
-    """{merged-token index: element name} for a computer_use screenshot: the cells of each element's box (where a
-    click lands) and of its label when the label lies outside the box (a field's or a checkbox's caption), so the
-    token a click needs carries the name the instruction uses. Cells two elements claim are left out."""
+def element_cells(meta: dict, grid_hw: tuple[int, int], cell: int, where: str = "box") -> dict[int, str]:
+    """{merged-token index: element name} for a computer_use screenshot. `where="box"`: the cells of each element's
+    box (where a click lands) and of its label when the label lies outside the box (a field's or a checkbox's
+    caption), so the token a click needs carries the name the instruction uses; `where="label"`: only the cells of
+    the label's ink (the name is read where it is written, not gathered into an empty field). Cells two elements
+    claim are left out."""
     if meta.get("task") != "computer_use":
         return {}
+    if where not in ("box", "label"):
+        raise ValueError(f"element cells: where={where!r}; use 'box' or 'label'")
     parts, names = [], []
     for e in meta.get("elements", []):
-        parts.append({"box": e["box"]})
-        names.append(e["name"])
         lb, b = e.get("label_box"), e["box"]
+        if where == "label":
+            if lb:
+                parts.append({"box": lb})
+                names.append(e["name"])
+            continue
+        parts.append({"box": b})
+        names.append(e["name"])
         if lb and not (lb[0] >= b[0] and lb[1] >= b[1] and lb[2] <= b[2] and lb[3] <= b[3]):
             parts.append({"box": lb})
             names.append(e["name"])
@@ -149,8 +160,9 @@ class Batcher:
     for the object parts (`classes`) and, for text scenes, a multi-hot row over `glyphs` per cell with text."""
 
     def __init__(self, vlm, classes: dict[str, list[str]], glyphs: list[str] = (), slots: int = 0,
-                 elements: list[str] = ()):
+                 elements: list[str] = (), element_where: str = "box"):
         self.vlm, self.classes, self.glyphs = vlm, classes, {ch: i for i, ch in enumerate(glyphs)}
+        self.element_where = element_where  # "box" or "label": which cells the element head names
         self.elements = {n: i for i, n in enumerate(elements)}  # GUI element names (empty: no element head)
         self.slots = slots  # > 0: per cell, the first `slots` characters in reading order (index len(glyphs): none)
         v = vlm.config.vision
@@ -158,7 +170,7 @@ class Batcher:
 
     def __call__(self, batch):
         pix, grids, idx, targets, offset = [], [], [], {p: [] for p in self.classes}, 0
-        gidx, grows, eidx, etgt = [], [], [], []
+        gidx, grows, eidx, etgt, shape_scene = [], [], [], [], []
         for image, objs, meta in batch:
             part = {"type": "image", "image": image, **{k: meta[k] for k in ("min_pixels", "max_pixels") if k in meta}}
             b = self.vlm.processor([{"role": "user", "content": [part, {"type": "text", "text": "."}]}])
@@ -181,30 +193,37 @@ class Batcher:
                     gidx.append(offset + k)
                     grows.append(row)
             if self.elements:
-                for k, name in sorted(element_cells(meta, (rows, cols), self.cell).items()):
+                for k, name in sorted(element_cells(meta, (rows, cols), self.cell, self.element_where).items()):
                     if name in self.elements:
                         eidx.append(offset + k)
                         etgt.append(self.elements[name])
             pix.append(b.pixel_values)
             grids.append(g)
+            shape_scene += [bool(objs) and not text_lines(meta) and meta.get("task") != "computer_use"] * (rows * cols)
             offset += rows * cols
         empty = torch.zeros(0, self.slots, dtype=torch.long) if self.slots else torch.zeros(0, len(self.glyphs))
         glyph = (torch.tensor(gidx, dtype=torch.long), torch.stack(grows) if grows else empty)
         targets = {p: torch.tensor(t, dtype=torch.long) for p, t in targets.items()}
         if self.elements:  # the element head's cells and names ride along as one more part
             targets["element"] = (torch.tensor(eidx, dtype=torch.long), torch.tensor(etgt, dtype=torch.long))
+        targets["shape_scene"] = torch.tensor(shape_scene, dtype=torch.bool)  # tokens of grounding scenes
         return torch.cat(pix), torch.cat(grids), torch.tensor(idx, dtype=torch.long), targets, glyph
 
 
-def anchor_error(tok: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Relative squared distance of the tokens from the starting tower's: mean ||t - r||^2 / mean ||r||^2."""
+def anchor_error(tok: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Relative squared distance of the tokens from the starting tower's: mean ||t - r||^2 / mean ||r||^2, over the
+    tokens `mask` keeps (all when None; 0 when it keeps none)."""
+    if mask is not None:
+        if not bool(mask.any()):
+            return tok.sum() * 0
+        tok, ref = tok[mask], ref[mask]
     return (tok - ref).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-12)
 
 
 def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_min: float | None, batch: int = 8,
           lr: float = 3e-4, warmup: int = 20, anchor: float = 4.0, seed: int = 0, eval_every: int = 100,
           head_steps: int = 100, head_lr: float = 3e-3, glyph_slots: int = 0, element_names: bool = False,
-          log_file: Path | None = None) -> list[dict]:
+          element_where: str = "box", anchor_scenes: str = "all", log_file: Path | None = None) -> list[dict]:
     """Train `vlm.model.visual` in place; returns the logged rows (step, losses, held-out accuracies)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -215,6 +234,9 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
                        for e in m.get("elements", [])}) if element_names else []
     if element_names and not elements:
         raise ValueError("the element head needs computer_use screenshots among the training records (--data)")
+    if anchor_scenes == "grounding" and not objs:
+        raise ValueError("--anchor-scenes grounding holds the grounding scenes' tokens, and the training records have "
+                         "none: add qwenvl.synth grounding records (--data) or use --anchor-scenes all")
     tower = vlm.model.visual
     ref_tower = copy.deepcopy(tower).eval().requires_grad_(False)
     dim = vlm.config.vision.out_hidden_size
@@ -233,7 +255,7 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
     # group 0: the tower (warm-up after the heads' own start, then cosine to 0.1x); group 1: the heads (constant).
     opt = torch.optim.AdamW([{"params": list(tower.parameters())}, {"params": list(heads.parameters()), "lr": head_lr}],
                             lr=lr, weight_decay=0.0)
-    make = Batcher(vlm, classes, glyphs, glyph_slots, elements)
+    make = Batcher(vlm, classes, glyphs, glyph_slots, elements, element_where)
     total = steps or 10**9
     deadline = time.monotonic() + time_budget_min * 60 if time_budget_min else None
     budget_s = time_budget_min * 60 if time_budget_min else None
@@ -257,11 +279,16 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
     def evaluate():
         tower.eval()
         hits, n, err = {p: 0 for p in classes}, 0, 0.0
-        tp = fp = fn = exact = cells = e_hit = e_n = 0
+        tp = fp = fn = exact = cells = e_hit = e_n = g_n = 0
+        g_err = 0.0
         for i in range(0, len(heldout_scenes), batch):
             pix, grid, idx, tg, (gidx, grow) = make(heldout_scenes[i:i + batch])
             tok, ref = tower(pix, grid), ref_tower(pix, grid)
             err += anchor_error(tok, ref).item() * len(heldout_scenes[i:i + batch])
+            sc = tg["shape_scene"]
+            if bool(sc.any()):  # the grounding scenes' tokens alone, weighted by their count
+                g_err += anchor_error(tok, ref, sc).item() * int(sc.sum())
+                g_n += int(sc.sum())
             for p in classes:
                 hits[p] += (heads[p](tok[idx]).argmax(-1) == tg[p]).sum().item()
             n += len(idx)
@@ -291,6 +318,8 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
                        glyph_exact=round(exact / max(1, cells), 4), text_cells=cells)
         if elements:
             row.update(element_acc=round(e_hit / max(1, e_n), 4), element_cells=e_n)
+        if g_n:
+            row["anchor_err_grounding"] = round(g_err / g_n, 5)
         return {**row, "anchor_err": round(err / len(heldout_scenes), 5)}
 
     rows, step, t0 = [], 0, time.monotonic()
@@ -309,7 +338,7 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
             tok = tower(pix, grid)
         with torch.no_grad():
             ref = ref_tower(pix, grid)
-        a = anchor_error(tok, ref)
+        a = anchor_error(tok, ref, tg["shape_scene"] if anchor_scenes == "grounding" else None)
         ce = {p: F.cross_entropy(heads[p](tok[idx]), tg[p]) if len(idx) else tok.sum() * 0 for p in classes}
         if elements:
             eidx, etgt = tg["element"]
@@ -378,6 +407,12 @@ def main(argv=None) -> int:
     ap.add_argument("--element-names", action="store_true",
                     help="a head that names the GUI element each token's cell belongs to (computer_use screenshots: "
                          "the element's box and its caption), the label a click instruction uses")
+    ap.add_argument("--element-cells", choices=("box", "label"), default="box",
+                    help="which cells the element head names: 'box' (the element's box and an outside caption; the "
+                         "default) or 'label' (only the label's ink, where the name can be read)")
+    ap.add_argument("--anchor-scenes", choices=("all", "grounding"), default="all",
+                    help="whose tokens the anchor holds: every scene's (the default) or only the grounding scenes' "
+                         "(text and GUI tokens free to move, the shapes' tokens the language model reads held)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=100)
     a = ap.parse_args(argv)
@@ -397,7 +432,8 @@ def main(argv=None) -> int:
         (out / "tower_aux.jsonl").unlink(missing_ok=True)
         rows = train(vlm, train_scenes, held, steps=a.steps, time_budget_min=a.time_budget_min, batch=a.batch,
                      lr=a.lr, anchor=a.anchor, seed=a.seed, head_steps=a.head_steps, eval_every=a.eval_every,
-                     glyph_slots=a.glyph_slots, element_names=a.element_names,
+                     glyph_slots=a.glyph_slots, element_names=a.element_names, element_where=a.element_cells,
+                     anchor_scenes=a.anchor_scenes,
                      log_file=out / "tower_aux.jsonl")
         vlm.save(out)
         print(json.dumps(rows[-1]), flush=True)

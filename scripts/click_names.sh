@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The click-reading chain of the embedded model (docs/embedded-runs/notes.md, twenty-fifth session): teach the vision
+# tower to put each GUI label's name into the tokens under its ink, then the language model to click by that name.
+#   data  GUI screenshots with label boxes (c0 seed 7201, c1 seed 7203; held out: 60, seed 7202), 16,000
+#         short-prompt clicks (qwenvl.synth.build --gui-prompt short: c0 seed 7301, c1 seed 7302), and 2,500 grounding
+#         scenes of data/s224 (shuffled with seed 0) so the colour and shape heads keep those in the tokens
+#   N1    `python -m qwenvl.train.tower_aux --element-names --element-cells label` from the shipped model (Z): the
+#         vision tower alone learns the label's name in the cells of its ink; the anchor holds the grounding scenes' tokens
+#         to Z's (--anchor-scenes grounding), the GUI tokens may move
+#   N2    N1 again, new heads and schedule, 15 min at 3e-4 (BUDGET_N2=0 skips it)
+#   K1    N2's (or N1's) language model, towers frozen, on Z's data (W/X's mix + data/v2, v3) + the short-prompt clicks
+#
+#   bash scripts/click_names.sh runs/click        # 2 CPU cores (AVX512-BF16): ~6 min of data, then N1 + K1
+#
+# Needs runs/embedded/data (DATA_ONLY=1 STAGES=emo bash scripts/train_embedded.sh runs/embedded).
+# Settings (environment): MODEL (qwenvl/embedded), DATA (runs/embedded/data), BUDGET_N1 (30 min), ANCHOR_N1 (4),
+# LR_N1 (5e-4), BUDGET_N2 (15), LR_N2 (3e-4), BUDGET_K1 (40 min), LR_K1 (2e-4), GEN_WORKERS, PYTHON. A stage whose export exists is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/click}
+PY=${PYTHON:-.venv/bin/python}
+MODEL=${MODEL:-qwenvl/embedded}
+D=${DATA:-runs/embedded/data}
+GEN_WORKERS=${GEN_WORKERS:-$(nproc)}
+export TOKENIZERS_PARALLELISM=false
+[ -f "$D/s224/train.jsonl" ] && [ -f "$D/v3/train.jsonl" ] || {
+  echo "error: $D lacks the stage data; run DATA_ONLY=1 STAGES=emo bash scripts/train_embedded.sh first" >&2; exit 2; }
+
+gui() {  # OUT SPLIT CURRICULUM N SEED NAME [more build args]
+  local out=$1 split=$2 lvl=$3 n=$4 seed=$5 name=$6; shift 6
+  [ -f "$out/$name.jsonl" ] || $PY -m qwenvl.synth.build --out "$out" --split "$split" --curriculum "$lvl" \
+      --tasks computer_use --n "$n" --seed "$seed" --name "$name" --workers "$GEN_WORKERS" "$@"
+}
+gui "$OUT/gu" train 0 2000 7201 c0
+gui "$OUT/gu" train 1 2000 7203 c1
+gui "$OUT/gu" heldout 1 60 7202 heldout
+gui "$OUT/gs" train 0 8000 7301 c0 --gui-prompt short
+gui "$OUT/gs" train 1 8000 7302 c1 --gui-prompt short
+[ -f "$OUT/s224-sub.jsonl" ] || $PY -c "import random, sys
+lines = open(sys.argv[1]).read().splitlines()
+random.Random(0).shuffle(lines)
+open(sys.argv[2], 'w').write('\n'.join(lines[:2500]) + '\n')" "$D/s224/train.jsonl" "$OUT/s224-sub.jsonl"
+# s224-sub's image paths are relative to data/s224: keep a link beside it
+[ -e "$OUT/media" ] || ln -s "$(realpath "$D/s224/media")" "$OUT/media"
+[ -f "$OUT/gh/heldout.jsonl" ] || $PY -m qwenvl.synth.build --out "$OUT/gh" --split heldout --n 40 --seed 7001 \
+    --curriculum 1 --tasks refer,count --workers "$GEN_WORKERS"
+[ "${DATA_ONLY:-0}" = 1 ] && exit 0
+
+if [ ! -f "$OUT/n1/export/config.json" ]; then
+  $PY -m qwenvl.train.tower_aux -m "$MODEL" --data "$OUT/gu/c0.jsonl" --data "$OUT/gu/c1.jsonl" \
+      --data "$D/u0/train.jsonl" --data "$D/u1/train.jsonl" --data "$OUT/s224-sub.jsonl" \
+      --element-names --element-cells label --heldout "$OUT/gu/heldout.jsonl" --heldout "$OUT/gh/heldout.jsonl" \
+      --n-heldout 60 --out "$OUT/n1/export" --time-budget-min "${BUDGET_N1:-30}" --lr "${LR_N1:-5e-4}" \
+      --anchor "${ANCHOR_N1:-4}" --anchor-scenes grounding --head-steps 300 --eval-every 150 --seed 31
+fi
+# N2: a second round from N1 (new heads, a new schedule), 15 min at 3e-4
+if [ "${BUDGET_N2:-15}" != 0 ] && [ ! -f "$OUT/n2/export/config.json" ]; then
+  $PY -m qwenvl.train.tower_aux -m "$OUT/n1/export" --data "$OUT/gu/c0.jsonl" --data "$OUT/gu/c1.jsonl" \
+      --data "$D/u0/train.jsonl" --data "$D/u1/train.jsonl" --data "$OUT/s224-sub.jsonl" \
+      --element-names --element-cells label --heldout "$OUT/gu/heldout.jsonl" --heldout "$OUT/gh/heldout.jsonl" \
+      --n-heldout 60 --out "$OUT/n2/export" --time-budget-min "${BUDGET_N2:-15}" --lr "${LR_N2:-3e-4}" \
+      --anchor "${ANCHOR_N1:-4}" --anchor-scenes grounding --head-steps 200 --eval-every 150 --seed 33
+fi
+TOWER=$OUT/n2/export
+[ "${BUDGET_N2:-15}" = 0 ] && TOWER=$OUT/n1/export
+TX=$D/rt0/train.jsonl,$D/st0/train.jsonl,$D/rt1/train.jsonl,$D/v0/train.jsonl,$D/v1/train.jsonl,$D/u0/train.jsonl
+TX=$TX,$D/u1/train.jsonl,$D/d01/train.jsonl,$D/g0/train.jsonl,$D/g1/train.jsonl,$D/o0/train.jsonl,$D/o1/train.jsonl
+TX=$TX,$D/t0/train.jsonl,$D/t1/train.jsonl,$D/s224/train.jsonl,$D/v2/train.jsonl,$D/v3/train.jsonl
+if [ ! -f "$OUT/k1/export/config.json" ]; then
+  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$TOWER" \
+      --data "[$TX,$OUT/gs/c0.jsonl,$OUT/gs/c1.jsonl]" --output-dir "$OUT/k1" \
+      --time-budget-min "${BUDGET_K1:-40}" --lr "${LR_K1:-2e-4}" --warmup-steps 20 \
+      --set tune_vision=false --set tune_merger=false --set seed=32 --set "eval_data=[$D/heldout-c1.jsonl]" \
+      --pack-length 2048 --eval-every 500 --set eval_max_samples=60 --set eval_media_gap=true
+fi
+echo "weights: $OUT/k1/export"
