@@ -5,16 +5,17 @@
 #         short-prompt clicks (qwenvl.synth.build --gui-prompt short: c0 seed 7301, c1 seed 7302), and 2,500 grounding
 #         scenes of data/s224 (shuffled with seed 0) so the colour and shape heads keep those in the tokens
 #   N1    `python -m qwenvl.train.tower_aux --element-names --element-cells label` from the shipped model (Z): the
-#         vision tower alone learns the label's name in the cells of its ink; the anchor holds the grounding scenes' tokens
-#         to Z's (--anchor-scenes grounding), the GUI tokens may move
+#         vision tower alone learns the label's name in the cells of its ink; the anchor holds the grounding
+#         scenes' tokens to Z's (--anchor-scenes grounding), the GUI tokens may move
 #   N2    N1 again, new heads and schedule, 15 min at 3e-4 (BUDGET_N2=0 skips it)
 #   K1    N2's (or N1's) language model, towers frozen, on Z's data (W/X's mix + data/v2, v3) + the short-prompt clicks
 #
-#   bash scripts/click_names.sh runs/click        # 2 CPU cores (AVX512-BF16): ~6 min of data, then N1 + K1
+#   bash scripts/click_names.sh runs/click        # 2 CPU cores (AVX512-BF16): ~2 min of data, then N1, N2 and K1 (85 min)
 #
 # Needs runs/embedded/data (DATA_ONLY=1 STAGES=emo bash scripts/train_embedded.sh runs/embedded).
-# Settings (environment): MODEL (qwenvl/embedded), DATA (runs/embedded/data), BUDGET_N1 (30 min), ANCHOR_N1 (4),
-# LR_N1 (5e-4), BUDGET_N2 (15), LR_N2 (3e-4), BUDGET_K1 (40 min), LR_K1 (2e-4), GEN_WORKERS, PYTHON. A stage whose export exists is skipped.
+# Settings (environment): MODEL (qwenvl/embedded), DATA (runs/embedded/data), BUDGET_N1 (30 min), ANCHOR_N1 (4,
+# both rounds), LR_N1 (5e-4), BUDGET_N2 (15), LR_N2 (3e-4), BUDGET_K1 (40 min), LR_K1 (2e-4), GEN_WORKERS, PYTHON.
+# A stage whose export exists is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/click}
@@ -46,21 +47,18 @@ open(sys.argv[2], 'w').write('\n'.join(lines[:2500]) + '\n')" "$D/s224/train.jso
     --curriculum 1 --tasks refer,count --workers "$GEN_WORKERS"
 [ "${DATA_ONLY:-0}" = 1 ] && exit 0
 
-if [ ! -f "$OUT/n1/export/config.json" ]; then
-  $PY -m qwenvl.train.tower_aux -m "$MODEL" --data "$OUT/gu/c0.jsonl" --data "$OUT/gu/c1.jsonl" \
+tower_round() {  # NAME FROM MINUTES LR HEAD_STEPS SEED: tower_aux with the label-name head, grounding tokens held
+  local name=$1 from=$2 minutes=$3 lr=$4 head=$5 seed=$6
+  [ -f "$OUT/$name/export/config.json" ] && return 0
+  $PY -m qwenvl.train.tower_aux -m "$from" --data "$OUT/gu/c0.jsonl" --data "$OUT/gu/c1.jsonl" \
       --data "$D/u0/train.jsonl" --data "$D/u1/train.jsonl" --data "$OUT/s224-sub.jsonl" \
       --element-names --element-cells label --heldout "$OUT/gu/heldout.jsonl" --heldout "$OUT/gh/heldout.jsonl" \
-      --n-heldout 60 --out "$OUT/n1/export" --time-budget-min "${BUDGET_N1:-30}" --lr "${LR_N1:-5e-4}" \
-      --anchor "${ANCHOR_N1:-4}" --anchor-scenes grounding --head-steps 300 --eval-every 150 --seed 31
-fi
+      --n-heldout 60 --out "$OUT/$name/export" --time-budget-min "$minutes" --lr "$lr" \
+      --anchor "${ANCHOR_N1:-4}" --anchor-scenes grounding --head-steps "$head" --eval-every 150 --seed "$seed"
+}
+tower_round n1 "$MODEL" "${BUDGET_N1:-30}" "${LR_N1:-5e-4}" 300 31
 # N2: a second round from N1 (new heads, a new schedule), 15 min at 3e-4
-if [ "${BUDGET_N2:-15}" != 0 ] && [ ! -f "$OUT/n2/export/config.json" ]; then
-  $PY -m qwenvl.train.tower_aux -m "$OUT/n1/export" --data "$OUT/gu/c0.jsonl" --data "$OUT/gu/c1.jsonl" \
-      --data "$D/u0/train.jsonl" --data "$D/u1/train.jsonl" --data "$OUT/s224-sub.jsonl" \
-      --element-names --element-cells label --heldout "$OUT/gu/heldout.jsonl" --heldout "$OUT/gh/heldout.jsonl" \
-      --n-heldout 60 --out "$OUT/n2/export" --time-budget-min "${BUDGET_N2:-15}" --lr "${LR_N2:-3e-4}" \
-      --anchor "${ANCHOR_N1:-4}" --anchor-scenes grounding --head-steps 200 --eval-every 150 --seed 33
-fi
+[ "${BUDGET_N2:-15}" != 0 ] && tower_round n2 "$OUT/n1/export" "${BUDGET_N2:-15}" "${LR_N2:-3e-4}" 200 33
 TOWER=$OUT/n2/export
 [ "${BUDGET_N2:-15}" = 0 ] && TOWER=$OUT/n1/export
 TX=$D/rt0/train.jsonl,$D/st0/train.jsonl,$D/rt1/train.jsonl,$D/v0/train.jsonl,$D/v1/train.jsonl,$D/u0/train.jsonl

@@ -202,9 +202,9 @@ def test_element_head_names_the_cells_a_click_lands_on(tmp_path, capsys):
         for k, name in lab.items():
             r, c = divmod(k, cols)
             cx, cy = (c + 0.5) * 28 * ow / rw, (r + 0.5) * 28 * oh / rh
+            mx, my = 14 * ow / rw, 14 * oh / rh  # half a cell, in original pixels
             inks = [e["label_box"] for e in meta["elements"] if e["name"] == name]
-            assert any(b[0] - 14 * ow / rw <= cx <= b[2] + 14 * ow / rw and b[1] - 14 * oh / rh <= cy <= b[3] + 14 * oh / rh
-                       for b in inks)
+            assert any(b[0] - mx <= cx <= b[2] + mx and b[1] - my <= cy <= b[3] + my for b in inks)
     # a grounding record has no elements
     assert element_cells({"task": "refer", "objects": []}, (4, 4), 28) == {}
     with pytest.raises(ValueError, match="'box' or 'label'"):
