@@ -9,13 +9,18 @@
 #         scenes' tokens to Z's (--anchor-scenes grounding), the GUI tokens may move
 #   N2    N1 again, new heads and schedule, 15 min at 3e-4 (BUDGET_N2=0 skips it)
 #   K1    N2's (or N1's) language model, towers frozen, on Z's data (W/X's mix + data/v2, v3) + the short-prompt clicks
+#   R1    N2's language model, towers frozen, on the GUI naming rungs (--tasks gui_rungs: which element is at (x, y),
+#         is there an X, list the buttons; c0 seed 7401, c1 seed 7402, held out 40 per task seed 7403) + the clicks
+#   K2    R1 on Z's whole mix + the clicks + the rungs, so grounding comes back beside the clicks
 #
-#   bash scripts/click_names.sh runs/click        # 2 CPU cores (AVX512-BF16): ~2 min of data, then N1, N2 and K1 (85 min)
+#   bash scripts/click_names.sh runs/click        # 2 CPU cores (AVX512-BF16): ~3 min of data, then N1, N2, K1, R1, K2
+#                                                 # (about 2.5 h; BUDGET_K1=0 skips K1)
 #
 # Needs runs/embedded/data (DATA_ONLY=1 STAGES=emo bash scripts/train_embedded.sh runs/embedded).
 # Settings (environment): MODEL (qwenvl/embedded), DATA (runs/embedded/data), BUDGET_N1 (30 min), ANCHOR_N1 (4,
-# both rounds), LR_N1 (5e-4), BUDGET_N2 (15), LR_N2 (3e-4), BUDGET_K1 (40 min), LR_K1 (2e-4), GEN_WORKERS, PYTHON.
-# A stage whose export exists is skipped.
+# both rounds), LR_N1 (5e-4), BUDGET_N2 (15), LR_N2 (3e-4), BUDGET_K1 (40 min), LR_K1 (2e-4), BUDGET_R1 (20),
+# LR_R1 (2e-4), BUDGET_K2 (40), LR_K2 (2e-4), GEN_WORKERS, PYTHON (a budget of 0 skips that stage).
+# DATA_ONLY=1 stops after the data, TOWERS_ONLY=1 after N2. A stage whose export exists is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/click}
@@ -37,6 +42,9 @@ gui "$OUT/gu" train 1 2000 7203 c1
 gui "$OUT/gu" heldout 1 60 7202 heldout
 gui "$OUT/gs" train 0 8000 7301 c0 --gui-prompt short
 gui "$OUT/gs" train 1 8000 7302 c1 --gui-prompt short
+gui "$OUT/gr" train 0 2000 7401 c0 --tasks gui_rungs
+gui "$OUT/gr" train 1 2000 7402 c1 --tasks gui_rungs
+gui "$OUT/gr" heldout 1 40 7403 heldout --tasks gui_rungs
 [ -f "$OUT/s224-sub.jsonl" ] || $PY -c "import random, sys
 lines = open(sys.argv[1]).read().splitlines()
 random.Random(0).shuffle(lines)
@@ -61,14 +69,34 @@ tower_round n1 "$MODEL" "${BUDGET_N1:-30}" "${LR_N1:-5e-4}" 300 31
 [ "${BUDGET_N2:-15}" != 0 ] && tower_round n2 "$OUT/n1/export" "${BUDGET_N2:-15}" "${LR_N2:-3e-4}" 200 33
 TOWER=$OUT/n2/export
 [ "${BUDGET_N2:-15}" = 0 ] && TOWER=$OUT/n1/export
+[ "${TOWERS_ONLY:-0}" = 1 ] && { echo "tower: $TOWER"; exit 0; }
 TX=$D/rt0/train.jsonl,$D/st0/train.jsonl,$D/rt1/train.jsonl,$D/v0/train.jsonl,$D/v1/train.jsonl,$D/u0/train.jsonl
 TX=$TX,$D/u1/train.jsonl,$D/d01/train.jsonl,$D/g0/train.jsonl,$D/g1/train.jsonl,$D/o0/train.jsonl,$D/o1/train.jsonl
 TX=$TX,$D/t0/train.jsonl,$D/t1/train.jsonl,$D/s224/train.jsonl,$D/v2/train.jsonl,$D/v3/train.jsonl
-if [ ! -f "$OUT/k1/export/config.json" ]; then
+if [ "${BUDGET_K1:-40}" != 0 ] && [ ! -f "$OUT/k1/export/config.json" ]; then
   $PY -m qwenvl train sft --config configs/embedded.yaml --model "$TOWER" \
       --data "[$TX,$OUT/gs/c0.jsonl,$OUT/gs/c1.jsonl]" --output-dir "$OUT/k1" \
       --time-budget-min "${BUDGET_K1:-40}" --lr "${LR_K1:-2e-4}" --warmup-steps 20 \
       --set tune_vision=false --set tune_merger=false --set seed=32 --set "eval_data=[$D/heldout-c1.jsonl]" \
       --pack-length 2048 --eval-every 500 --set eval_max_samples=60 --set eval_media_gap=true
 fi
-echo "weights: $OUT/k1/export"
+[ "${BUDGET_K1:-40}" != 0 ] && echo "weights: $OUT/k1/export"
+[ "${BUDGET_R1:-20}" = 0 ] && exit 0
+# R1: the naming rungs (gui_name_at, gui_exists, gui_list) beside the short-prompt clicks, on N2's frozen towers
+RUNGS=$OUT/gr/c0.jsonl,$OUT/gr/c1.jsonl
+if [ ! -f "$OUT/r1/export/config.json" ]; then
+  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$TOWER" \
+      --data "[$RUNGS,$OUT/gs/c0.jsonl,$OUT/gs/c1.jsonl]" --output-dir "$OUT/r1" \
+      --time-budget-min "${BUDGET_R1:-20}" --lr "${LR_R1:-2e-4}" --warmup-steps 20 \
+      --set tune_vision=false --set tune_merger=false --set seed=34 --set "eval_data=[$OUT/gr/heldout.jsonl]" \
+      --pack-length 2048 --eval-every 500 --set eval_max_samples=60 --set eval_media_gap=true
+fi
+# K2: R1 on Z's whole mix with the clicks and the rungs beside it, so grounding comes back
+if [ "${BUDGET_K2:-40}" != 0 ] && [ ! -f "$OUT/k2/export/config.json" ]; then
+  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$OUT/r1/export" \
+      --data "[$TX,$OUT/gs/c0.jsonl,$OUT/gs/c1.jsonl,$RUNGS]" --output-dir "$OUT/k2" \
+      --time-budget-min "${BUDGET_K2:-40}" --lr "${LR_K2:-2e-4}" --warmup-steps 20 \
+      --set tune_vision=false --set tune_merger=false --set seed=35 --set "eval_data=[$D/heldout-c1.jsonl]" \
+      --pack-length 2048 --eval-every 500 --set eval_max_samples=60 --set eval_media_gap=true
+fi
+echo "weights: $OUT/r1/export $OUT/k2/export"

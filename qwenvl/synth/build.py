@@ -20,9 +20,12 @@ from typing import Iterable, Mapping
 from . import documents, gui, shapes, text, video
 from . import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, SPLITS, Ctx, generate
 
-TASKS = {**shapes.TASKS, **text.TASKS, **documents.TASKS, **video.TASKS, **gui.TASKS}
+# the capabilities' tasks: what a build without --tasks writes (and the report scores)
+DEFAULT_TASKS = (*shapes.TASKS, *text.TASKS, *documents.TASKS, *video.TASKS, *gui.TASKS)
+# every task a build can write: the default ones and the GUI naming rungs (asked for by name or `gui_rungs`)
+TASKS = {**shapes.TASKS, **text.TASKS, **documents.TASKS, **video.TASKS, **gui.TASKS, **gui.RUNGS}
 GROUPS = {"grounding": tuple(shapes.TASKS), "text": tuple(text.TASKS), "documents": tuple(documents.TASKS),
-          "video": tuple(video.TASKS), "gui": tuple(gui.TASKS)}
+          "video": tuple(video.TASKS), "gui": tuple(gui.TASKS), "gui_rungs": tuple(gui.RUNGS)}
 
 
 def _work(args) -> tuple[str, int, str]:
@@ -44,7 +47,7 @@ def build_dataset(out_dir: str | os.PathLike, *, n_per_task: Mapping[str, int] |
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if video_format not in ("mp4", "frames"):
         raise ValueError("video_format must be 'mp4' or 'frames'")
-    counts = {t: int(n_per_task) for t in TASKS} if isinstance(n_per_task, int) else dict(n_per_task)
+    counts = {t: int(n_per_task) for t in DEFAULT_TASKS} if isinstance(n_per_task, int) else dict(n_per_task)
     unknown = set(counts) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown task(s) {sorted(unknown)}; tasks: {', '.join(TASKS)}")
@@ -114,7 +117,7 @@ def corpus_text(records: Iterable[dict], *, unique: bool = False) -> str:
 
 def _task_list(spec: str | None) -> list[str]:
     if not spec:
-        return list(TASKS)
+        return list(DEFAULT_TASKS)
     names = []
     for s in spec.split(","):
         s = s.strip()
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=1000, help="records per task (default 1000)")
     ap.add_argument("--split", choices=SPLITS, default="train")
     ap.add_argument("--tasks", default=None,
-                    help=f"comma-separated tasks or groups (default: all). Tasks: {', '.join(TASKS)}; "
+                    help=f"comma-separated tasks or groups (default: all but the gui_rungs). Tasks: {', '.join(TASKS)}; "
                          f"groups: {', '.join(GROUPS)}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--curriculum", type=int, default=0, help="0: one object, small images; up to 3")

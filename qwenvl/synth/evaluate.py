@@ -5,7 +5,8 @@ record's ground truth (`meta`, original pixels) using the task's benchmark-style
 
 Scores per task (mean over records, each in [0, 1]): detect F1 at IoU ≥ 0.5 with matching labels; refer Acc@0.5;
 point and computer_use click inside the target box; count exact; read_text / spot_text / document 1 − normalised
-edit distance of the text; key_values exact field matches; video_grounding temporal IoU ≥ 0.5. Beside them,
+edit distance of the text; key_values exact field matches; video_grounding temporal IoU ≥ 0.5; the GUI naming rungs
+(gui_name_at, gui_exists, gui_list) exact answers. Beside them,
 `label_words`: how often a detect / count answer names each shape's colour and kind, which
 separates naming from placing (detect F1 needs both).
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from ..tasks.coords import FrameMap
 from ..tasks.metrics import box_iou, normalized_edit_distance, temporal_iou
 from ..tasks.types import ParseError
+from .gui import RUNGS, rung_score
 
 
 def _f1(pred, gt) -> float:
@@ -102,6 +104,8 @@ def score(record: dict, text: str) -> tuple[float, str | None]:
             if not (isinstance(xy, list) and len(xy) == 2):
                 return 0.0, "no coordinate"
             return _inside(f.point_to_original(xy), m["box"]), None
+        if task in RUNGS:
+            return rung_score(m, text), None
     except ParseError as e:
         return 0.0, e.reason
     raise ValueError(f"unknown synthetic task {task!r} in {m.get('id')}")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 from PIL import Image, ImageDraw
 
 from ..tasks import agent
-from . import FONT_FAMILIES, Ctx, base_meta, font, frame_map, image_size, jitter, save_png
+from . import FONT_FAMILIES, Ctx, base_meta, font, frame_map, image_record, image_size, jitter, save_png
 
 MENUS = ("File", "Edit", "View", "Insert", "Format", "Tools", "Window", "Help")
 FIELDS = ("Name", "Email", "Password", "Search", "City", "Phone", "Username", "Address", "Title", "Amount",
@@ -169,4 +170,79 @@ def computer_use(ctx: Ctx, rng: random.Random, name: str) -> dict:
     return {"messages": msgs, "meta": meta}
 
 
+# Naming rungs (`--tasks gui_rungs`; not in the default task list): the same screenshots, asked what the labels say
+# rather than where they are, so the language model learns what each name looks like in the vision tokens before it
+# must click by name. `gui_name_at` is the click turned round (its point is the click's answer), `gui_exists` is
+# the name-to-token match alone, `gui_list` reads every label of one kind in order.
+NAME_AT = ("Which element is at ({x}, {y})?", "What is at ({x}, {y}) on the screen?")
+EXISTS = ("Is there {a} {name} {kind}?", "Does this window have {a} {name} {kind}?")
+LIST = ("List the {kind}s in this window.", "Which {kind}s does this window have?")
+VOCAB = {"button": BUTTONS, "field": FIELDS, "menu": MENUS, "checkbox": CHECKS}
+
+
+def reading_order(elements: list[dict], kind: str) -> list[str]:
+    """The names of the elements of `kind`, top to bottom, then left to right (box top-left corners)."""
+    return [e["name"] for e in sorted((e for e in elements if e["type"] == kind), key=lambda e: (e["box"][1],
+                                                                                                  e["box"][0]))]
+
+
+def _rung(ctx: Ctx, name: str, task: str, question: str, answer: str, meta: dict, img, fm) -> dict:
+    rel, full = ctx.media(task, name, "png")
+    save_png(img, full)
+    return image_record(ctx, rel, question, answer, {**base_meta(fm, ctx), **meta})
+
+
+def gui_name_at(ctx: Ctx, rng: random.Random, name: str) -> dict:
+    """Which element is at (x, y) -> "The Save button." ((x, y): the element's click point, model-frame pixels)."""
+    img, elements, fm, title, *_ = window(ctx, rng)
+    t = rng.randrange(len(elements))
+    el = elements[t]
+    b = el["box"]
+    x, y = fm.point_label(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))
+    q = rng.choice(NAME_AT).format(x=x, y=y)
+    return _rung(ctx, name, "gui_name_at", q, f"The {el['name']} {el['type']}.",
+                 {"elements": elements, "target": t, "answer_name": el["name"], "answer_kind": el["type"]}, img, fm)
+
+
+def gui_exists(ctx: Ctx, rng: random.Random, name: str) -> dict:
+    """Is there a <name> <kind>? -> "Yes." / "No." (half each; a "no" names an absent label of the same kind)."""
+    img, elements, fm, title, *_ = window(ctx, rng)
+    kind = rng.choice(sorted({e["type"] for e in elements}))
+    present = {e["name"] for e in elements if e["type"] == kind}
+    absent = [n for n in VOCAB[kind] if n not in present]
+    yes = not absent or rng.random() < 0.5
+    asked = rng.choice(sorted(present)) if yes else rng.choice(absent)
+    q = rng.choice(EXISTS).format(a="an" if asked[0] in "AEIOU" else "a", name=asked, kind=kind)
+    return _rung(ctx, name, "gui_exists", q, "Yes." if yes else "No.",
+                 {"elements": elements, "asked": asked, "kind": kind, "exists": yes}, img, fm)
+
+
+def gui_list(ctx: Ctx, rng: random.Random, name: str) -> dict:
+    """List the <kind>s -> "Save, Cancel, OK." (reading order: top to bottom, then left to right)."""
+    img, elements, fm, title, *_ = window(ctx, rng)
+    kind = rng.choice(sorted({e["type"] for e in elements}))
+    names = reading_order(elements, kind)
+    q = rng.choice(LIST).format(kind=kind)
+    return _rung(ctx, name, "gui_list", q, ", ".join(names) + ".",
+                 {"elements": elements, "kind": kind, "names": names}, img, fm)
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words of an answer (punctuation dropped), for the rungs' exact-match scores."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def rung_score(meta: dict, text: str) -> float:
+    """1.0 when a rung's answer says exactly what the record's meta holds (case and punctuation ignored)."""
+    task = meta["task"]
+    if task == "gui_name_at":
+        return float(words(text) == words(f"the {meta['answer_name']} {meta['answer_kind']}"))
+    if task == "gui_exists":
+        return float(words(text)[:1] == ["yes" if meta["exists"] else "no"])
+    if task == "gui_list":
+        return float(words(text) == words(" ".join(meta["names"])))
+    raise ValueError(f"not a GUI rung: {task!r}")
+
+
 TASKS = {"computer_use": computer_use}
+RUNGS = {"gui_name_at": gui_name_at, "gui_exists": gui_exists, "gui_list": gui_list}
