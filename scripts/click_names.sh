@@ -12,6 +12,8 @@
 #   R1    N2's language model, towers frozen, on the GUI naming rungs (--tasks gui_rungs: which element is at (x, y),
 #         is there an X, list the buttons; c0 seed 7401, c1 seed 7402, held out 40 per task seed 7403) + the clicks
 #   K2    R1 on Z's whole mix + the clicks + the rungs, so grounding comes back beside the clicks
+#         (twenty-seventh session: R1, and 55 more minutes of it, learn each element's kind but not its name;
+#         K2 waits for a tower whose names lie along the language model's own word embeddings: embedded-runs/gaps.md)
 #
 #   bash scripts/click_names.sh runs/click        # 2 CPU cores (AVX512-BF16): ~3 min of data, then N1, N2, K1, R1, K2
 #                                                 # (about 2.5 h; BUDGET_K1=0 skips K1)
@@ -73,30 +75,25 @@ TOWER=$OUT/n2/export
 TX=$D/rt0/train.jsonl,$D/st0/train.jsonl,$D/rt1/train.jsonl,$D/v0/train.jsonl,$D/v1/train.jsonl,$D/u0/train.jsonl
 TX=$TX,$D/u1/train.jsonl,$D/d01/train.jsonl,$D/g0/train.jsonl,$D/g1/train.jsonl,$D/o0/train.jsonl,$D/o1/train.jsonl
 TX=$TX,$D/t0/train.jsonl,$D/t1/train.jsonl,$D/s224/train.jsonl,$D/v2/train.jsonl,$D/v3/train.jsonl
-if [ "${BUDGET_K1:-40}" != 0 ] && [ ! -f "$OUT/k1/export/config.json" ]; then
-  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$TOWER" \
-      --data "[$TX,$OUT/gs/c0.jsonl,$OUT/gs/c1.jsonl]" --output-dir "$OUT/k1" \
-      --time-budget-min "${BUDGET_K1:-40}" --lr "${LR_K1:-2e-4}" --warmup-steps 20 \
-      --set tune_vision=false --set tune_merger=false --set seed=32 --set "eval_data=[$D/heldout-c1.jsonl]" \
+lm_round() {  # NAME FROM DATA MINUTES LR SEED EVAL: the language model on DATA (comma-separated), towers frozen
+  local name=$1 from=$2 data=$3 minutes=$4 lr=$5 seed=$6 eval=$7
+  [ -f "$OUT/$name/export/config.json" ] && return 0
+  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$from" --data "[$data]" --output-dir "$OUT/$name" \
+      --time-budget-min "$minutes" --lr "$lr" --warmup-steps 20 \
+      --set tune_vision=false --set tune_merger=false --set seed="$seed" --set "eval_data=[$eval]" \
       --pack-length 2048 --eval-every 500 --set eval_max_samples=60 --set eval_media_gap=true
+}
+CLICKS=$OUT/gs/c0.jsonl,$OUT/gs/c1.jsonl
+RUNGS=$OUT/gr/c0.jsonl,$OUT/gr/c1.jsonl
+if [ "${BUDGET_K1:-40}" != 0 ]; then
+  lm_round k1 "$TOWER" "$TX,$CLICKS" "${BUDGET_K1:-40}" "${LR_K1:-2e-4}" 32 "$D/heldout-c1.jsonl"
+  echo "weights: $OUT/k1/export"
 fi
-[ "${BUDGET_K1:-40}" != 0 ] && echo "weights: $OUT/k1/export"
 [ "${BUDGET_R1:-20}" = 0 ] && exit 0
 # R1: the naming rungs (gui_name_at, gui_exists, gui_list) beside the short-prompt clicks, on N2's frozen towers
-RUNGS=$OUT/gr/c0.jsonl,$OUT/gr/c1.jsonl
-if [ ! -f "$OUT/r1/export/config.json" ]; then
-  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$TOWER" \
-      --data "[$RUNGS,$OUT/gs/c0.jsonl,$OUT/gs/c1.jsonl]" --output-dir "$OUT/r1" \
-      --time-budget-min "${BUDGET_R1:-20}" --lr "${LR_R1:-2e-4}" --warmup-steps 20 \
-      --set tune_vision=false --set tune_merger=false --set seed=34 --set "eval_data=[$OUT/gr/heldout.jsonl]" \
-      --pack-length 2048 --eval-every 500 --set eval_max_samples=60 --set eval_media_gap=true
-fi
+lm_round r1 "$TOWER" "$RUNGS,$CLICKS" "${BUDGET_R1:-20}" "${LR_R1:-2e-4}" 34 "$OUT/gr/heldout.jsonl"
 # K2: R1 on Z's whole mix with the clicks and the rungs beside it, so grounding comes back
-if [ "${BUDGET_K2:-40}" != 0 ] && [ ! -f "$OUT/k2/export/config.json" ]; then
-  $PY -m qwenvl train sft --config configs/embedded.yaml --model "$OUT/r1/export" \
-      --data "[$TX,$OUT/gs/c0.jsonl,$OUT/gs/c1.jsonl,$RUNGS]" --output-dir "$OUT/k2" \
-      --time-budget-min "${BUDGET_K2:-40}" --lr "${LR_K2:-2e-4}" --warmup-steps 20 \
-      --set tune_vision=false --set tune_merger=false --set seed=35 --set "eval_data=[$D/heldout-c1.jsonl]" \
-      --pack-length 2048 --eval-every 500 --set eval_max_samples=60 --set eval_media_gap=true
+if [ "${BUDGET_K2:-40}" != 0 ]; then
+  lm_round k2 "$OUT/r1/export" "$TX,$CLICKS,$RUNGS" "${BUDGET_K2:-40}" "${LR_K2:-2e-4}" 35 "$D/heldout-c1.jsonl"
 fi
 echo "weights: $OUT/r1/export $OUT/k2/export"

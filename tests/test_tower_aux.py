@@ -223,3 +223,32 @@ def test_element_head_names_the_cells_a_click_lands_on(tmp_path, capsys):
     assert main(["-m", str(ckpt), "--data", rt, "--heldout", rt, "--out", str(out), "--steps", "1",
                  "--element-names"]) == 2
     assert "computer_use" in capsys.readouterr().err
+
+
+def test_word_head_reads_names_along_the_language_models_embeddings(tmp_path, capsys):
+    from qwenvl.api import load
+    from qwenvl.tiny import make_random_checkpoint
+    from qwenvl.train.tower_aux import WordHead
+
+    ckpt = make_random_checkpoint(tmp_path / "ckpt")
+    vlm = load(ckpt, dtype=torch.float32)
+    names = ["Save", "Cancel", "Remember me"]
+    head = WordHead(vlm, names)
+    emb = vlm.model.model.embed_tokens.weight.detach()
+    for k, n in enumerate(names):  # each row: the mean embedding of the name's tokens (with its leading space)
+        assert torch.allclose(head.words[k], emb[vlm.tokenizer.encode(" " + n)].mean(0))
+    # at the start the logits are the dot products with the word rows (scale 1, bias 0); only scale and bias learn
+    t = head.words / head.words.norm(dim=-1, keepdim=True)
+    assert torch.allclose(head(t), t @ head.words.T)
+    assert [n for n, p in head.named_parameters()] == ["scale", "bias"]
+    build_dataset(tmp_path / "g", n_per_task={"computer_use": 3, "refer": 2}, split="train", seed=11)
+    f = str(tmp_path / "g" / "train.jsonl")
+    out = tmp_path / "out"
+    assert main(["-m", str(ckpt), "--data", f, "--heldout", f, "--out", str(out), "--steps", "2", "--head-steps",
+                 "1", "--batch", "4", "--element-names", "--element-cells", "label", "--element-head", "words"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["element_cells"] > 0 and 0.0 <= last["element_acc"] <= 1.0
+    assert json.loads((out / "tower_aux.jsonl").read_text().splitlines()[-1])["train_element_ce"] > 0.0
+    before, after = load_file(str(ckpt / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    moved = {k for k in before if not torch.equal(before[k].float(), after[k].float())}
+    assert moved and all(k.startswith("visual.") for k in moved)  # the language model's embeddings stay put

@@ -13,7 +13,8 @@ when the cell holds fewer), so the order inside a cell has to be in the token to
 text scenes with large glyphs, for a first round. The heads are dropped; the model directory written is the
 starting one with the new tower. `--element-names` adds a head that names the GUI element (the word a click
 instruction uses) in the cells of its box or, with `--element-cells label`, of its label's ink; `--anchor-scenes
-grounding` holds only the grounding scenes' tokens, so text and GUI tokens may move while the shapes' stay.
+grounding` holds only the grounding scenes' tokens, so text and GUI tokens may move while the shapes' stay;
+`--element-head words` reads the names along the language model's own input embeddings of them (WordHead).
 
     python -m qwenvl.train.tower_aux -m MODEL --data train.jsonl [--data more.jsonl] --heldout heldout.jsonl \
         --out DIR --time-budget-min 15
@@ -220,10 +221,30 @@ def anchor_error(tok: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None
     return (tok - ref).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-12)
 
 
+class WordHead(torch.nn.Module):
+    """Element logits read along the language model's own word directions: scale * (token . E[name]) + bias, where
+    E[name] is the mean input embedding of " name"'s tokens, frozen. A tower trained through it writes each label's
+    name in the direction the language model already reads as that word (`--element-head words`)."""
+
+    def __init__(self, vlm, names: list[str]):
+        super().__init__()
+        emb = vlm.model.model.embed_tokens.weight.detach().float()
+        ids = [vlm.tokenizer.encode(" " + n) for n in names]
+        if any(not i for i in ids):
+            raise ValueError("--element-head words: the tokenizer gives no token for an element name")
+        self.register_buffer("words", torch.stack([emb[i].mean(0) for i in ids]))  # (names, D)
+        self.scale = torch.nn.Parameter(torch.tensor(1.0))
+        self.bias = torch.nn.Parameter(torch.zeros(len(names)))
+
+    def forward(self, t):  # (cells, D) -> (cells, names)
+        return self.scale * (t @ self.words.T) + self.bias
+
+
 def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_min: float | None, batch: int = 8,
           lr: float = 3e-4, warmup: int = 20, anchor: float = 4.0, seed: int = 0, eval_every: int = 100,
           head_steps: int = 100, head_lr: float = 3e-3, glyph_slots: int = 0, element_names: bool = False,
-          element_where: str = "box", anchor_scenes: str = "all", log_file: Path | None = None) -> list[dict]:
+          element_where: str = "box", element_head: str = "free", anchor_scenes: str = "all",
+          log_file: Path | None = None) -> list[dict]:
     """Train `vlm.model.visual` in place; returns the logged rows (step, losses, held-out accuracies)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -244,7 +265,9 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
     if glyphs:  # multi-hot over the glyphs, or `glyph_slots` softmaxes over the glyphs and "none"
         heads["glyph"] = torch.nn.Linear(dim, glyph_slots * (len(glyphs) + 1) if glyph_slots else len(glyphs))
     if elements:  # which GUI element (by name) a token's cell belongs to
-        heads["element"] = torch.nn.Linear(dim, len(elements))
+        if element_head not in ("free", "words"):
+            raise ValueError(f"element head: {element_head!r}; use 'free' or 'words'")
+        heads["element"] = WordHead(vlm, elements) if element_head == "words" else torch.nn.Linear(dim, len(elements))
 
     def glyph_logits(t):  # (cells, G) multi-hot logits, or (cells, slots, G + 1)
         out = heads["glyph"](t)
@@ -410,6 +433,10 @@ def main(argv=None) -> int:
     ap.add_argument("--element-cells", choices=("box", "label"), default="box",
                     help="which cells the element head names: 'box' (the element's box and an outside caption; the "
                          "default) or 'label' (only the label's ink, where the name can be read)")
+    ap.add_argument("--element-head", choices=("free", "words"), default="free",
+                    help="'free': a linear element head (the default); 'words': the logits are the tokens' dot "
+                         "products with the language model's input embeddings of the names, frozen, so the tower "
+                         "writes each name where the language model reads that word")
     ap.add_argument("--anchor-scenes", choices=("all", "grounding"), default="all",
                     help="whose tokens the anchor holds: every scene's (the default) or only the grounding scenes' "
                          "(text and GUI tokens free to move, the shapes' tokens the language model reads held)")
@@ -433,7 +460,7 @@ def main(argv=None) -> int:
         rows = train(vlm, train_scenes, held, steps=a.steps, time_budget_min=a.time_budget_min, batch=a.batch,
                      lr=a.lr, anchor=a.anchor, seed=a.seed, head_steps=a.head_steps, eval_every=a.eval_every,
                      glyph_slots=a.glyph_slots, element_names=a.element_names, element_where=a.element_cells,
-                     anchor_scenes=a.anchor_scenes,
+                     element_head=a.element_head, anchor_scenes=a.anchor_scenes,
                      log_file=out / "tower_aux.jsonl")
         vlm.save(out)
         print(json.dumps(rows[-1]), flush=True)
