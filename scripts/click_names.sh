@@ -8,21 +8,27 @@
 #         vision tower alone learns the label's name in the cells of its ink; the anchor holds the grounding
 #         scenes' tokens to Z's (--anchor-scenes grounding), the GUI tokens may move
 #   N2    N1 again, new heads and schedule, 15 min at 3e-4 (BUDGET_N2=0 skips it)
-#   K1    N2's (or N1's) language model, towers frozen, on Z's data (W/X's mix + data/v2, v3) + the short-prompt clicks
-#   R1    N2's language model, towers frozen, on the GUI naming rungs (--tasks gui_rungs: which element is at (x, y),
-#         is there an X, list the buttons; c0 seed 7401, c1 seed 7402, held out 40 per task seed 7403) + the clicks
+#   W1    N2 again with the name head read along the language model's own input embeddings of the names, frozen
+#         (--element-head words), BUDGET_W1 min at 3e-4 (off by default; 12 in the twenty-eighth session); W2
+#         continues it for BUDGET_W2 (25) min; R1 on W2 named no better than on N2
+#   K1    the last tower's language model, towers frozen, on Z's data (W/X's mix + data/v2, v3) + the short-prompt
+#         clicks
+#   R1    the last tower's language model, towers frozen, on the GUI naming rungs (--tasks gui_rungs: which element
+#         is at (x, y), is there an X, list the buttons; c0 seed 7401, c1 seed 7402, held out 40 per task seed 7403)
+#         + the clicks
 #   K2    R1 on Z's whole mix + the clicks + the rungs, so grounding comes back beside the clicks
-#         (twenty-seventh session: R1, and 55 more minutes of it, learn each element's kind but not its name;
-#         K2 waits for a tower whose names lie along the language model's own word embeddings: embedded-runs/gaps.md)
+#         (twenty-seventh session: on N2, R1 and 55 more minutes of it learn each element's kind but not its name;
+#         W1/W2 came next: embedded-runs/notes.md, twenty-eighth session)
 #
 #   bash scripts/click_names.sh runs/click        # 2 CPU cores (AVX512-BF16): ~3 min of data, then N1, N2, K1, R1, K2
-#                                                 # (about 2.5 h; BUDGET_K1=0 skips K1)
+#                                                 # (about 2.5 h; BUDGET_K1=0 skips K1; BUDGET_W1=12 adds W1, W2)
 #
 # Needs runs/embedded/data (DATA_ONLY=1 STAGES=emo bash scripts/train_embedded.sh runs/embedded).
 # Settings (environment): MODEL (qwenvl/embedded), DATA (runs/embedded/data), BUDGET_N1 (30 min), ANCHOR_N1 (4,
 # both rounds), LR_N1 (5e-4), BUDGET_N2 (15), LR_N2 (3e-4), BUDGET_K1 (40 min), LR_K1 (2e-4), BUDGET_R1 (20),
-# LR_R1 (2e-4), BUDGET_K2 (40), LR_K2 (2e-4), GEN_WORKERS, PYTHON (a budget of 0 skips that stage).
-# DATA_ONLY=1 stops after the data, TOWERS_ONLY=1 after N2. A stage whose export exists is skipped.
+# BUDGET_W1 (0), BUDGET_W2 (25), LR_W (3e-4), LR_R1 (2e-4), BUDGET_K2 (40), LR_K2 (2e-4), GEN_WORKERS, PYTHON
+# (a budget of 0 skips that stage).
+# DATA_ONLY=1 stops after the data, TOWERS_ONLY=1 after the towers. A stage whose export exists is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/click}
@@ -57,20 +63,30 @@ open(sys.argv[2], 'w').write('\n'.join(lines[:2500]) + '\n')" "$D/s224/train.jso
     --curriculum 1 --tasks refer,count --workers "$GEN_WORKERS"
 [ "${DATA_ONLY:-0}" = 1 ] && exit 0
 
-tower_round() {  # NAME FROM MINUTES LR HEAD_STEPS SEED: tower_aux with the label-name head, grounding tokens held
-  local name=$1 from=$2 minutes=$3 lr=$4 head=$5 seed=$6
+tower_round() {  # NAME FROM MINUTES LR HEAD_STEPS SEED [more tower_aux args]: the label-name head, grounding held
+  local name=$1 from=$2 minutes=$3 lr=$4 head=$5 seed=$6; shift 6
   [ -f "$OUT/$name/export/config.json" ] && return 0
   $PY -m qwenvl.train.tower_aux -m "$from" --data "$OUT/gu/c0.jsonl" --data "$OUT/gu/c1.jsonl" \
       --data "$D/u0/train.jsonl" --data "$D/u1/train.jsonl" --data "$OUT/s224-sub.jsonl" \
       --element-names --element-cells label --heldout "$OUT/gu/heldout.jsonl" --heldout "$OUT/gh/heldout.jsonl" \
       --n-heldout 60 --out "$OUT/$name/export" --time-budget-min "$minutes" --lr "$lr" \
-      --anchor "${ANCHOR_N1:-4}" --anchor-scenes grounding --head-steps "$head" --eval-every 150 --seed "$seed"
+      --anchor "${ANCHOR_N1:-4}" --anchor-scenes grounding --head-steps "$head" --eval-every 150 --seed "$seed" "$@"
 }
 tower_round n1 "$MODEL" "${BUDGET_N1:-30}" "${LR_N1:-5e-4}" 300 31
 # N2: a second round from N1 (new heads, a new schedule), 15 min at 3e-4
 [ "${BUDGET_N2:-15}" != 0 ] && tower_round n2 "$OUT/n1/export" "${BUDGET_N2:-15}" "${LR_N2:-3e-4}" 200 33
 TOWER=$OUT/n2/export
 [ "${BUDGET_N2:-15}" = 0 ] && TOWER=$OUT/n1/export
+# W1, W2 (off unless BUDGET_W1 is set; 12 + 25 min in the twenty-eighth session): the names read along the
+# language model's own input embeddings (--element-head words)
+if [ "${BUDGET_W1:-0}" != 0 ]; then
+  tower_round w1 "$TOWER" "$BUDGET_W1" "${LR_W:-3e-4}" 100 41 --element-head words
+  TOWER=$OUT/w1/export
+  if [ "${BUDGET_W2:-25}" != 0 ]; then
+    tower_round w2 "$TOWER" "${BUDGET_W2:-25}" "${LR_W:-3e-4}" 100 42 --element-head words --eval-every 300
+    TOWER=$OUT/w2/export
+  fi
+fi
 [ "${TOWERS_ONLY:-0}" = 1 ] && { echo "tower: $TOWER"; exit 0; }
 TX=$D/rt0/train.jsonl,$D/st0/train.jsonl,$D/rt1/train.jsonl,$D/v0/train.jsonl,$D/v1/train.jsonl,$D/u0/train.jsonl
 TX=$TX,$D/u1/train.jsonl,$D/d01/train.jsonl,$D/g0/train.jsonl,$D/g1/train.jsonl,$D/o0/train.jsonl,$D/o1/train.jsonl
