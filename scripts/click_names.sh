@@ -16,18 +16,28 @@
 #   R1    the last tower's language model, towers frozen, on the GUI naming rungs (--tasks gui_rungs: which element
 #         is at (x, y), is there an X, list the buttons; c0 seed 7401, c1 seed 7402, held out 40 per task seed 7403)
 #         + the clicks
+#   L1    the ladder (twenty-ninth session; off unless BUDGET_L1 is set): the last tower's language model, towers
+#         frozen, on gui_name_one (a window with one element: "What is the element in this window?"), the three
+#         rungs and gui_copy (text only: name the element that comes third in a listed window), BUDGET_L1 min
+#   L2    L1 continued with gui_name_kind beside them (one element of the asked kind among others: "Which button
+#         does this window have?"), BUDGET_L2 (25) min
+#   LB    L2 on gui_name_one's buttons beside g1 and g2, BUDGET_LB (15) min: L2 copies every kind's name but
+#         the buttons' (the twenty-ninth session ran L3 from L2, before LB existed)
+#   L3    L2 on Z's whole mix + the clicks + the ladder, BUDGET_L3 (35) min (on W2: the rungs hold, the clicks do not
+#         rise; embedded-runs/notes.md, twenty-ninth session)
 #   K2    R1 on Z's whole mix + the clicks + the rungs, so grounding comes back beside the clicks
 #         (twenty-seventh session: on N2, R1 and 55 more minutes of it learn each element's kind but not its name;
 #         W1/W2 came next: embedded-runs/notes.md, twenty-eighth session)
 #
 #   bash scripts/click_names.sh runs/click        # 2 CPU cores (AVX512-BF16): ~3 min of data, then N1, N2, K1, R1, K2
 #                                                 # (about 2.5 h; BUDGET_K1=0 skips K1; BUDGET_W1=12 adds W1, W2)
+#   BUDGET_W1=12 BUDGET_L1=20 BUDGET_K1=0 BUDGET_R1=0 bash scripts/click_names.sh runs/click   # the ladder on W2
 #
 # Needs runs/embedded/data (DATA_ONLY=1 STAGES=emo bash scripts/train_embedded.sh runs/embedded).
 # Settings (environment): MODEL (qwenvl/embedded), DATA (runs/embedded/data), BUDGET_N1 (30 min), ANCHOR_N1 (4,
 # both rounds), LR_N1 (5e-4), BUDGET_N2 (15), LR_N2 (3e-4), BUDGET_K1 (40 min), LR_K1 (2e-4), BUDGET_R1 (20),
-# BUDGET_W1 (0), BUDGET_W2 (25), LR_W (3e-4), LR_R1 (2e-4), BUDGET_K2 (40), LR_K2 (2e-4), GEN_WORKERS, PYTHON
-# (a budget of 0 skips that stage).
+# BUDGET_W1 (0), BUDGET_W2 (25), LR_W (3e-4), LR_R1 (2e-4), BUDGET_L1 (0), BUDGET_L2 (25), BUDGET_LB (15),
+# BUDGET_L3 (35), BUDGET_K2 (40), LR_K2 (2e-4), GEN_WORKERS, PYTHON (a budget of 0 skips that stage).
 # DATA_ONLY=1 stops after the data, TOWERS_ONLY=1 after the towers. A stage whose export exists is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +63,18 @@ gui "$OUT/gs" train 1 8000 7302 c1 --gui-prompt short
 gui "$OUT/gr" train 0 2000 7401 c0 --tasks gui_rungs
 gui "$OUT/gr" train 1 2000 7402 c1 --tasks gui_rungs
 gui "$OUT/gr" heldout 1 40 7403 heldout --tasks gui_rungs
+gui "$OUT/g1" train 0 1500 7501 c0 --tasks gui_name_one
+gui "$OUT/g1" train 1 1500 7502 c1 --tasks gui_name_one
+gui "$OUT/g1" heldout 1 40 7503 heldout --tasks gui_name_one
+gui "$OUT/g2" train 0 1500 7511 c0 --tasks gui_name_kind
+gui "$OUT/g2" train 1 1500 7512 c1 --tasks gui_name_kind
+gui "$OUT/g2" heldout 1 40 7513 heldout --tasks gui_name_kind
+gui "$OUT/g3" train 0 4000 7521 train --tasks gui_copy
+gui "$OUT/g3" heldout 0 40 7523 heldout --tasks gui_copy
+gui "$OUT/g5" train 1 8000 7541 all --tasks gui_name_one
+[ -f "$OUT/g5/buttons.jsonl" ] || $PY -c "import json, sys
+keep = [l for l in open(sys.argv[1]) if json.loads(l)['meta']['answer_kind'] == 'button']
+open(sys.argv[2], 'w').write(''.join(keep))" "$OUT/g5/all.jsonl" "$OUT/g5/buttons.jsonl"
 [ -f "$OUT/s224-sub.jsonl" ] || $PY -c "import random, sys
 lines = open(sys.argv[1]).read().splitlines()
 random.Random(0).shuffle(lines)
@@ -104,6 +126,30 @@ RUNGS=$OUT/gr/c0.jsonl,$OUT/gr/c1.jsonl
 if [ "${BUDGET_K1:-40}" != 0 ]; then
   lm_round k1 "$TOWER" "$TX,$CLICKS" "${BUDGET_K1:-40}" "${LR_K1:-2e-4}" 32 "$D/heldout-c1.jsonl"
   echo "weights: $OUT/k1/export"
+fi
+# L1, L2 (off unless BUDGET_L1 is set): the ladder, from a window with one element to one of a kind among others
+if [ "${BUDGET_L1:-0}" != 0 ]; then
+  ONE=$OUT/g1/c0.jsonl,$OUT/g1/c1.jsonl
+  lm_round l1 "$TOWER" "$ONE,$RUNGS,$OUT/g3/train.jsonl" "$BUDGET_L1" "${LR_R1:-2e-4}" 61 "$OUT/g1/heldout.jsonl"
+  LM=$OUT/l1/export
+  if [ "${BUDGET_L2:-25}" != 0 ]; then
+    lm_round l2 "$LM" "$ONE,$OUT/g2/c0.jsonl,$OUT/g2/c1.jsonl,$RUNGS,$OUT/g3/train.jsonl" "${BUDGET_L2:-25}" \
+        "${LR_R1:-2e-4}" 62 "$OUT/g2/heldout.jsonl"
+    LM=$OUT/l2/export
+  fi
+  # LB: the buttons' names, which L2 does not copy: gui_name_one's buttons (~2,000) beside g1 and g2 (BUDGET_LB, 15)
+  if [ "${BUDGET_LB:-15}" != 0 ]; then
+    lm_round lb "$LM" "$OUT/g5/buttons.jsonl,$ONE,$OUT/g2/c0.jsonl,$OUT/g2/c1.jsonl" "${BUDGET_LB:-15}" \
+        "${LR_R1:-2e-4}" 65 "$OUT/g1/heldout.jsonl"
+    LM=$OUT/lb/export
+  fi
+  # L3: Z's whole mix, the short-prompt clicks and the ladder beside them, so grounding comes back (BUDGET_L3, 35)
+  if [ "${BUDGET_L3:-35}" != 0 ]; then
+    lm_round l3 "$LM" "$TX,$CLICKS,$ONE,$OUT/g2/c0.jsonl,$OUT/g2/c1.jsonl,$RUNGS,$OUT/g3/train.jsonl" \
+        "${BUDGET_L3:-35}" "${LR_K2:-2e-4}" 63 "$D/heldout-c1.jsonl"
+    LM=$OUT/l3/export
+  fi
+  echo "weights: $LM"
 fi
 [ "${BUDGET_R1:-20}" = 0 ] && exit 0
 # R1: the naming rungs (gui_name_at, gui_exists, gui_list) beside the short-prompt clicks, on N2's frozen towers

@@ -12,6 +12,7 @@ import pytest
 
 from qwenvl.synth import Ctx, generate, record_seed
 from qwenvl.synth.build import TASKS, build_dataset, corpus_text, main
+from qwenvl.synth.gui import TEXT_ONLY
 from qwenvl.synth.shapes import phrase, resolve
 from qwenvl.tasks import (FrameMap, parse_count, parse_document, parse_grounding, parse_key_values,
                           parse_ocr_lines, parse_points, parse_text_spotting, parse_time_spans, parse_tool_calls,
@@ -76,7 +77,8 @@ def test_same_seed_same_bytes(tmp_path):
     b = build_dataset(tmp_path / "b", n_per_task=n, split="train", seed=3, curriculum=1)
     assert a == b
     ha, hb = _tree_hashes(tmp_path / "a"), _tree_hashes(tmp_path / "b")
-    assert ha == hb and len(ha) == 1 + len(a)
+    # one media file per record but the text-only ones (gui_copy), and the JSONL
+    assert ha == hb and len(ha) == 1 + sum(r["meta"]["task"] not in TEXT_ONLY for r in a)
     # record i does not depend on how many records or which other tasks are built
     c = build_dataset(tmp_path / "c", n_per_task={"refer": 1, "video_grounding": 1}, split="train", seed=3,
                       curriculum=1)
@@ -355,7 +357,10 @@ def test_processor_accepts_records(data, tmp_path):
         seen.add(task)
         s = ds[i]
         assert s.num_loss_tokens > 0 and s.num_tokens == ds.token_count(i)
-        _check_grid(s, rec["meta"])
+        if task in TEXT_ONLY:
+            assert s.image_grid_thw is None and s.video_grid_thw is None
+        else:
+            _check_grid(s, rec["meta"])
     assert seen == set(TASKS)
     fds = SFTData(tmp_path / "train.jsonl", proc)
     (rec,) = frames

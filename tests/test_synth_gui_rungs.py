@@ -7,7 +7,7 @@ import pytest
 
 from qwenvl.synth.build import DEFAULT_TASKS, GROUPS, TASKS, build_dataset, main
 from qwenvl.synth.evaluate import score
-from qwenvl.synth.gui import RUNGS, reading_order, rung_score
+from qwenvl.synth.gui import RUNG_GROUP, RUNGS, reading_order, rung_score
 from qwenvl.tasks.coords import FrameMap
 
 
@@ -42,6 +42,55 @@ def test_name_at_point_is_the_click_point_of_the_named_element(rungs):
         assert sum(e["box"][0] <= px <= e["box"][2] and e["box"][1] <= py <= e["box"][3] for e in m["elements"]) == 1
         assert _answer(r) == f"The {el['name']} {el['type']}."
     assert len({r["meta"]["answer_kind"] for r in by["gui_name_at"]}) >= 3
+
+
+def test_name_one_window_has_one_element_and_the_answer_names_it(rungs):
+    _, by = rungs
+    kinds = set()
+    for r in by["gui_name_one"]:
+        m = r["meta"]
+        assert len(m["elements"]) == 1 and m["target"] == 0
+        el = m["elements"][0]
+        assert _answer(r) == f"The {el['name']} {el['type']}." and el["name"] == m["answer_name"]
+        kinds.add(el["type"])
+    assert kinds == {"button", "field", "menu", "checkbox"}  # 24 windows: every kind comes up
+
+
+def test_name_kind_window_has_one_element_of_the_asked_kind(rungs):
+    _, by = rungs
+    others = 0
+    for r in by["gui_name_kind"]:
+        m = r["meta"]
+        kind = m["answer_kind"]
+        assert f" {kind} " in _question(r)
+        assert [e["name"] for e in m["elements"] if e["type"] == kind] == [m["answer_name"]]
+        assert _answer(r) == f"The {m['answer_name']} {kind}."
+        others += len(m["elements"]) - 1
+    assert others >= 24  # the other kinds are there to tell apart
+
+
+def test_is_one_asks_a_name_of_the_element_s_kind_half_the_time_its_own(rungs):
+    _, by = rungs
+    yes = 0
+    for r in by["gui_is_one"]:
+        m = r["meta"]
+        (el,) = m["elements"]
+        assert m["kind"] == el["type"] and f" {m['asked']} {el['type']}?" in _question(r)
+        assert _answer(r) == ("Yes." if m["asked"] == el["name"] else "No.") and m["exists"] == (_answer(r) == "Yes.")
+        yes += m["exists"]
+    assert 6 <= yes <= 18  # about half of 24
+
+
+def test_copy_answer_is_the_listed_element_at_the_asked_place(rungs):
+    _, by = rungs
+    for r in by["gui_copy"]:
+        q = _question(r)
+        assert not any(p["type"] != "text" for p in r["messages"][0]["content"])  # text only
+        listed = re.match(r"The window has (.*)\. Which element comes (\w+)\?$", q)
+        items = listed.group(1).split(", ")
+        assert 3 <= len(items) <= 6 and len(set(items)) == len(items)
+        place = ("first", "second", "third", "fourth", "fifth", "sixth").index(listed.group(2))
+        assert _answer(r) == items[place][0].upper() + items[place][1:] + "."
 
 
 def test_exists_answers_follow_the_screen_and_are_balanced(rungs):
@@ -91,10 +140,13 @@ def test_rung_scores_want_the_exact_names(rungs):
 
 def test_rungs_are_asked_for_by_name_not_built_by_default(tmp_path):
     assert set(RUNGS) <= set(TASKS) and not set(RUNGS) & set(DEFAULT_TASKS)
-    assert GROUPS["gui_rungs"] == tuple(RUNGS)
+    assert GROUPS["gui_rungs"] == RUNG_GROUP == ("gui_name_at", "gui_exists", "gui_list")  # what R1 was built with
     assert main(["--out", str(tmp_path), "--n", "1", "--seed", "2", "--name", "all"]) == 0
     tasks = {json.loads(l)["meta"]["task"] for l in (tmp_path / "all.jsonl").read_text().splitlines()}
     assert tasks == set(DEFAULT_TASKS)
     assert main(["--out", str(tmp_path), "--n", "2", "--tasks", "gui_rungs", "--name", "r"]) == 0
     tasks = [json.loads(l)["meta"]["task"] for l in (tmp_path / "r.jsonl").read_text().splitlines()]
-    assert sorted(tasks) == sorted(list(RUNGS) * 2)
+    assert sorted(tasks) == sorted(list(RUNG_GROUP) * 2)
+    assert main(["--out", str(tmp_path), "--n", "2", "--tasks", "gui_name_one", "--name", "one"]) == 0
+    assert [json.loads(l)["meta"]["task"] for l in (tmp_path / "one.jsonl").read_text().splitlines()] == \
+        ["gui_name_one"] * 2

@@ -25,7 +25,7 @@ DEFAULT_TASKS = (*shapes.TASKS, *text.TASKS, *documents.TASKS, *video.TASKS, *gu
 # every task a build can write: the default ones and the GUI naming rungs (asked for by name or `gui_rungs`)
 TASKS = {**shapes.TASKS, **text.TASKS, **documents.TASKS, **video.TASKS, **gui.TASKS, **gui.RUNGS}
 GROUPS = {"grounding": tuple(shapes.TASKS), "text": tuple(text.TASKS), "documents": tuple(documents.TASKS),
-          "video": tuple(video.TASKS), "gui": tuple(gui.TASKS), "gui_rungs": tuple(gui.RUNGS)}
+          "video": tuple(video.TASKS), "gui": tuple(gui.TASKS), "gui_rungs": gui.RUNG_GROUP}
 
 
 def _work(args) -> tuple[str, int, str]:

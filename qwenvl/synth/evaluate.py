@@ -6,7 +6,7 @@ record's ground truth (`meta`, original pixels) using the task's benchmark-style
 Scores per task (mean over records, each in [0, 1]): detect F1 at IoU ≥ 0.5 with matching labels; refer Acc@0.5;
 point and computer_use click inside the target box; count exact; read_text / spot_text / document 1 − normalised
 edit distance of the text; key_values exact field matches; video_grounding temporal IoU ≥ 0.5; the GUI naming rungs
-(gui_name_at, gui_exists, gui_list) exact answers. Beside them,
+(gui_name_at, gui_exists, gui_list, gui_name_one, gui_name_kind, gui_is_one, gui_copy) exact answers. Beside them,
 `label_words`: how often a detect / count answer names each shape's colour and kind, which
 separates naming from placing (detect F1 needs both).
 """
@@ -71,6 +71,8 @@ def score(record: dict, text: str) -> tuple[float, str | None]:
 
     m = record["meta"]
     task = m["task"]
+    if task in RUNGS and "original" not in m:  # a text-only rung (gui_copy): no frame to map
+        return rung_score(m, text), None
     f = FrameMap(tuple(m["original"]), tuple(m["resized"]))
     try:
         if task in ("detect", "refer", "point"):

@@ -46,11 +46,19 @@ def ink_box(draw, xy, text: str, fnt) -> list[float]:
     return [round(v, 1) for v in draw.textbbox(xy, text, font=fnt)]
 
 
-def window(ctx: Ctx, rng: random.Random):
-    """(screenshot, elements [{type, name, box, label_box}], FrameMap, title, font family, size)."""
+def window(ctx: Ctx, rng: random.Random, counts: dict | None = None):
+    """(screenshot, elements [{type, name, box, label_box}], FrameMap, title, font family, size). `counts`
+    ({kind: n}, kinds left out: none) asks for exactly that many elements of each kind rather than the curriculum's
+    random numbers (the layout may still drop one that does not fit)."""
     h, w = image_size(rng, max(ctx.curriculum, 1), lo=196, ratios=SCREEN_RATIOS)
     fm = frame_map(h, w, ctx)
     lim = limits(ctx.curriculum)
+    # (fewest, most) elements of each kind
+    span = {"menus": (min(2, lim["menus"]), lim["menus"]), "buttons": (min(2, lim["buttons"]), lim["buttons"]),
+            "fields": (1, lim["fields"]), "checks": (0, lim["checks"])}
+    if counts is not None:
+        plural = {"menu": "menus", "button": "buttons", "field": "fields", "checkbox": "checks"}
+        span = {k: (0, 0) for k in span} | {plural[k]: (n, n) for k, n in counts.items()}
     family = rng.choice([f for f in FONT_FAMILIES if f != "dejavu-mono"] or ["default"])
     size = max(round(9 * max(fm.sx, fm.sy)), rng.randint(11, 14))
     fnt = font(size, family)
@@ -73,7 +81,7 @@ def window(ctx: Ctx, rng: random.Random):
     mb0, mb1 = y0 + tb + 1, y0 + tb + size + 7
     draw.rectangle([x0 + 1, mb0, x1 - 1, mb1], fill=jitter((222, 222, 222), rng, 8))
     mx = x0 + 6
-    for name in rng.sample(MENUS, rng.randint(min(2, lim["menus"]), lim["menus"])):
+    for name in rng.sample(MENUS, rng.randint(*span["menus"])):
         tw = draw.textlength(name, font=fnt)
         if mx + tw + 6 > x1 - 4:
             break
@@ -85,7 +93,7 @@ def window(ctx: Ctx, rng: random.Random):
     bh = size + 10
     by1 = y1 - rng.randint(6, 12)
     by0 = by1 - bh
-    names = rng.sample(BUTTONS, rng.randint(min(2, lim["buttons"]), lim["buttons"]))
+    names = rng.sample(BUTTONS, rng.randint(*span["buttons"]))
     widths = [round(draw.textlength(n, font=fnt)) + rng.randint(14, 24) for n in names]
     gap = rng.randint(6, 12)
     while sum(widths) + gap * (len(widths) - 1) > x1 - x0 - 16 and len(names) > 1:
@@ -104,8 +112,8 @@ def window(ctx: Ctx, rng: random.Random):
                          "label_box": ink_box(draw, (bx + (bw - tw) / 2, by0 + 4), name, fnt)})
         bx += bw + gap
     # form rows: fields then checkboxes
-    rows = [("field", n) for n in rng.sample(FIELDS, rng.randint(1, lim["fields"]))]
-    rows += [("checkbox", n) for n in rng.sample(CHECKS, rng.randint(0, lim["checks"]))]
+    rows = [("field", n) for n in rng.sample(FIELDS, rng.randint(*span["fields"]))]
+    rows += [("checkbox", n) for n in rng.sample(CHECKS, rng.randint(*span["checks"]))]
     rng.shuffle(rows)
     fh = size + 8
     pitch = fh + rng.randint(6, 12)
@@ -174,6 +182,9 @@ def computer_use(ctx: Ctx, rng: random.Random, name: str) -> dict:
 # rather than where they are, so the language model learns what each name looks like in the vision tokens before it
 # must click by name. `gui_name_at` is the click turned round (its point is the click's answer), `gui_exists` is
 # the name-to-token match alone, `gui_list` reads every label of one kind in order.
+NAME_ONE = ("What is the element in this window?", "Which element does this window have?")
+NAME_KIND = ("Which {kind} does this window have?", "What is the {kind} in this window?")
+IS_ONE = ("Is the element in this window the {name} {kind}?", "Is this window's element the {name} {kind}?")
 NAME_AT = ("Which element is at ({x}, {y})?", "What is at ({x}, {y}) on the screen?")
 EXISTS = ("Is there {a} {name} {kind}?", "Does this window have {a} {name} {kind}?")
 LIST = ("List the {kind}s in this window.", "Which {kind}s does this window have?")
@@ -202,6 +213,69 @@ def gui_name_at(ctx: Ctx, rng: random.Random, name: str) -> dict:
     q = rng.choice(NAME_AT).format(x=x, y=y)
     return _rung(ctx, name, "gui_name_at", q, f"The {el['name']} {el['type']}.",
                  {"elements": elements, "target": t, "answer_name": el["name"], "answer_kind": el["type"]}, img, fm)
+
+
+def gui_name_one(ctx: Ctx, rng: random.Random, name: str) -> dict:
+    """A window with one element -> "The Save button." The first rung: the name is copied from the label's tokens
+    with no position to look up and no other label to tell apart (only the title's text is beside it)."""
+    while True:
+        kind = rng.choice(sorted(VOCAB))
+        img, elements, fm, title, *_ = window(ctx, rng, counts={kind: 1})
+        if elements:  # a field whose box did not fit is left out: draw another window
+            break
+    el = elements[0]
+    return _rung(ctx, name, "gui_name_one", rng.choice(NAME_ONE), f"The {el['name']} {el['type']}.",
+                 {"elements": elements, "target": 0, "answer_name": el["name"], "answer_kind": el["type"]}, img, fm)
+
+
+def gui_is_one(ctx: Ctx, rng: random.Random, name: str) -> dict:
+    """A window with one element, asked whether it is a given name -> "Yes." / "No." (half each; a "no" names
+    another element of the same kind, so the kind cannot answer). The first rung from a name in the prompt to the
+    label: copy the label's name, then compare it with the prompt's."""
+    while True:
+        kind = rng.choice(sorted(VOCAB))
+        img, elements, fm, title, *_ = window(ctx, rng, counts={kind: 1})
+        if elements:
+            break
+    el = elements[0]
+    yes = rng.random() < 0.5
+    asked = el["name"] if yes else rng.choice([n for n in VOCAB[kind] if n != el["name"]])
+    return _rung(ctx, name, "gui_is_one", rng.choice(IS_ONE).format(name=asked, kind=kind), "Yes." if yes else "No.",
+                 {"elements": elements, "target": 0, "asked": asked, "kind": kind, "exists": yes}, img, fm)
+
+
+def gui_name_kind(ctx: Ctx, rng: random.Random, name: str) -> dict:
+    """A window with one element of the asked kind among up to two of each other kind -> "The Save button." The
+    second rung: the kind picks the label (as a colour or shape picks an object), then its name is copied."""
+    while True:
+        kind = rng.choice(sorted(VOCAB))
+        counts = {k: rng.randint(0, 2) for k in sorted(VOCAB) if k != kind} | {kind: 1}
+        img, elements, fm, title, *_ = window(ctx, rng, counts=counts)
+        if any(e["type"] == kind for e in elements):  # a field whose box did not fit is left out: draw another
+            break
+    t = next(i for i, e in enumerate(elements) if e["type"] == kind)
+    el = elements[t]
+    return _rung(ctx, name, "gui_name_kind", rng.choice(NAME_KIND).format(kind=kind), f"The {el['name']} {kind}.",
+                 {"elements": elements, "target": t, "answer_name": el["name"], "answer_kind": kind}, img, fm)
+
+
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
+
+
+def gui_copy(ctx: Ctx, rng: random.Random, name: str) -> dict:
+    """Text only: "The window has the Save button, the City field, the View menu. Which element comes third?" ->
+    "The View menu." The copy circuit on words that arrive as their own embeddings, to train beside the rungs."""
+    n = rng.randint(3, 6)
+    pool = [(k, v) for k in sorted(VOCAB) for v in VOCAB[k]]
+    items = rng.sample(pool, n)
+    t = rng.randrange(n)
+    listed = ", ".join(f"the {v} {k}" for k, v in items)
+    q = f"The window has {listed}. Which element comes {ORDINALS[t]}?"
+    kind, el = items[t]
+    return {"messages": [{"role": "user", "content": [{"type": "text", "text": q}]},
+                         {"role": "assistant", "content": f"The {el} {kind}."}],
+            "meta": {"task": "gui_copy", "items": [{"type": k, "name": v} for k, v in items], "target": t,
+                     "answer_name": el, "answer_kind": kind}}
 
 
 def gui_exists(ctx: Ctx, rng: random.Random, name: str) -> dict:
@@ -235,9 +309,9 @@ def words(text: str) -> list[str]:
 def rung_score(meta: dict, text: str) -> float:
     """1.0 when a rung's answer says exactly what the record's meta holds (case and punctuation ignored)."""
     task = meta["task"]
-    if task == "gui_name_at":
+    if task in ("gui_name_at", "gui_name_one", "gui_name_kind", "gui_copy"):
         return float(words(text) == words(f"the {meta['answer_name']} {meta['answer_kind']}"))
-    if task == "gui_exists":
+    if task in ("gui_exists", "gui_is_one"):
         return float(words(text)[:1] == ["yes" if meta["exists"] else "no"])
     if task == "gui_list":
         return float(words(text) == words(" ".join(meta["names"])))
@@ -245,4 +319,8 @@ def rung_score(meta: dict, text: str) -> float:
 
 
 TASKS = {"computer_use": computer_use}
-RUNGS = {"gui_name_at": gui_name_at, "gui_exists": gui_exists, "gui_list": gui_list}
+RUNGS = {"gui_name_at": gui_name_at, "gui_exists": gui_exists, "gui_list": gui_list, "gui_name_one": gui_name_one,
+         "gui_name_kind": gui_name_kind, "gui_copy": gui_copy, "gui_is_one": gui_is_one}
+TEXT_ONLY = ("gui_copy",)  # records with no picture (no media file, no frame in meta)
+# `--tasks gui_rungs`: the three rungs of scripts/click_names.sh's R1 (the others are asked for by name)
+RUNG_GROUP = ("gui_name_at", "gui_exists", "gui_list")
