@@ -60,15 +60,14 @@ gui "$OUT/gu" train 1 2000 7203 c1
 gui "$OUT/gu" heldout 1 60 7202 heldout
 gui "$OUT/gs" train 0 8000 7301 c0 --gui-prompt short
 gui "$OUT/gs" train 1 8000 7302 c1 --gui-prompt short
-gui "$OUT/gr" train 0 2000 7401 c0 --tasks gui_rungs
-gui "$OUT/gr" train 1 2000 7402 c1 --tasks gui_rungs
-gui "$OUT/gr" heldout 1 40 7403 heldout --tasks gui_rungs
-gui "$OUT/g1" train 0 1500 7501 c0 --tasks gui_name_one
-gui "$OUT/g1" train 1 1500 7502 c1 --tasks gui_name_one
-gui "$OUT/g1" heldout 1 40 7503 heldout --tasks gui_name_one
-gui "$OUT/g2" train 0 1500 7511 c0 --tasks gui_name_kind
-gui "$OUT/g2" train 1 1500 7512 c1 --tasks gui_name_kind
-gui "$OUT/g2" heldout 1 40 7513 heldout --tasks gui_name_kind
+rungs() {  # DIR TASKS N SEED: c0 (SEED), c1 (SEED + 1), 40 held out (SEED + 2)
+  gui "$1" train 0 "$3" "$4" c0 --tasks "$2"
+  gui "$1" train 1 "$3" $(($4 + 1)) c1 --tasks "$2"
+  gui "$1" heldout 1 40 $(($4 + 2)) heldout --tasks "$2"
+}
+rungs "$OUT/gr" gui_rungs 2000 7401
+rungs "$OUT/g1" gui_name_one 1500 7501
+rungs "$OUT/g2" gui_name_kind 1500 7511
 gui "$OUT/g3" train 0 4000 7521 train --tasks gui_copy
 gui "$OUT/g3" heldout 0 40 7523 heldout --tasks gui_copy
 gui "$OUT/g5" train 1 8000 7541 all --tasks gui_name_one
