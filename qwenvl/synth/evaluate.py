@@ -20,7 +20,7 @@ from pathlib import Path
 from ..tasks.coords import FrameMap
 from ..tasks.metrics import box_iou, normalized_edit_distance, temporal_iou
 from ..tasks.types import ParseError
-from .gui import RUNGS, rung_score
+from .gui import RUNGS, TEXT_ONLY, rung_score
 
 
 def _f1(pred, gt) -> float:
@@ -71,7 +71,7 @@ def score(record: dict, text: str) -> tuple[float, str | None]:
 
     m = record["meta"]
     task = m["task"]
-    if task in RUNGS and "original" not in m:  # a text-only rung (gui_copy): no frame to map
+    if task in TEXT_ONLY:  # a text-only rung (gui_copy): no frame to map
         return rung_score(m, text), None
     f = FrameMap(tuple(m["original"]), tuple(m["resized"]))
     try:

@@ -215,14 +215,19 @@ def gui_name_at(ctx: Ctx, rng: random.Random, name: str) -> dict:
                  {"elements": elements, "target": t, "answer_name": el["name"], "answer_kind": el["type"]}, img, fm)
 
 
+def one_element_window(ctx: Ctx, rng: random.Random):
+    """(screenshot, [the one element], FrameMap) of a window with one element of a random kind."""
+    while True:
+        kind = rng.choice(sorted(VOCAB))
+        img, elements, fm, *_ = window(ctx, rng, counts={kind: 1})
+        if elements:  # a field whose box did not fit is left out: draw another window
+            return img, elements, fm
+
+
 def gui_name_one(ctx: Ctx, rng: random.Random, name: str) -> dict:
     """A window with one element -> "The Save button." The first rung: the name is copied from the label's tokens
     with no position to look up and no other label to tell apart (only the title's text is beside it)."""
-    while True:
-        kind = rng.choice(sorted(VOCAB))
-        img, elements, fm, title, *_ = window(ctx, rng, counts={kind: 1})
-        if elements:  # a field whose box did not fit is left out: draw another window
-            break
+    img, elements, fm = one_element_window(ctx, rng)
     el = elements[0]
     return _rung(ctx, name, "gui_name_one", rng.choice(NAME_ONE), f"The {el['name']} {el['type']}.",
                  {"elements": elements, "target": 0, "answer_name": el["name"], "answer_kind": el["type"]}, img, fm)
@@ -232,12 +237,9 @@ def gui_is_one(ctx: Ctx, rng: random.Random, name: str) -> dict:
     """A window with one element, asked whether it is a given name -> "Yes." / "No." (half each; a "no" names
     another element of the same kind, so the kind cannot answer). The first rung from a name in the prompt to the
     label: copy the label's name, then compare it with the prompt's."""
-    while True:
-        kind = rng.choice(sorted(VOCAB))
-        img, elements, fm, title, *_ = window(ctx, rng, counts={kind: 1})
-        if elements:
-            break
+    img, elements, fm = one_element_window(ctx, rng)
     el = elements[0]
+    kind = el["type"]
     yes = rng.random() < 0.5
     asked = el["name"] if yes else rng.choice([n for n in VOCAB[kind] if n != el["name"]])
     return _rung(ctx, name, "gui_is_one", rng.choice(IS_ONE).format(name=asked, kind=kind), "Yes." if yes else "No.",
