@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import random
 import sys
 import time
@@ -37,7 +36,7 @@ import torch
 
 from ..model.layers import apply_rotary
 from .packing import collate, token_losses
-from .tower_aux import cell_labels
+from .tower_aux import cell_labels, finish_cli, head_then_cosine, log_row
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +190,9 @@ def train(vlm, data, held, *, layer: int, steps: int | None, time_budget_min: fl
     budget_s = time_budget_min * 60 if time_budget_min else None
 
     def lr_at(s):
-        if s < head_steps:
-            return 0.0
-        s -= head_steps
-        done = max(s / steps if steps else 0.0, (time.monotonic() - t0) / budget_s if budget_s else 0.0)
-        if s < warmup:
-            return lr * (s + 1) / warmup
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+        k = max(s - head_steps, 0)
+        done = max(k / steps if steps else 0.0, (time.monotonic() - t0) / budget_s if budget_s else 0.0)
+        return head_then_cosine(s, head_steps, warmup, lr, done)
 
     @torch.no_grad()
     def evaluate():
@@ -223,9 +218,7 @@ def train(vlm, data, held, *, layer: int, steps: int | None, time_budget_min: fl
     first = {"step": 0, **evaluate()}  # the starting model, before any step
     log.info("%s", first)
     rows.append(first)
-    if log_file:
-        with open(log_file, "a") as fh:
-            fh.write(json.dumps(first) + "\n")
+    log_row(log_file, first)
     order = list(range(len(data)))
     head_order = list(range(len(head_data))) if head_data is not None else order
     rng.shuffle(head_order)
@@ -266,15 +259,11 @@ def train(vlm, data, held, *, layer: int, steps: int | None, time_budget_min: fl
                    **evaluate()}
             rows.append(row)
             log.info("%s", row)
-            if log_file:
-                with open(log_file, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+            log_row(log_file, row)
     bar.close()
     if rows[-1]["step"] != step:
         rows.append({"step": step, "elapsed_s": round(time.monotonic() - t0, 1), **evaluate()})
-        if log_file:
-            with open(log_file, "a") as fh:
-                fh.write(json.dumps(rows[-1]) + "\n")
+        log_row(log_file, rows[-1])
     vlm.model.eval().requires_grad_(False)
     return rows
 
@@ -306,12 +295,8 @@ def main(argv=None) -> int:
                     help="teach these attention heads (e.g. 3:1,3,4 = decoder layer 3, heads 1, 3 and 4; repeatable) "
                          "to look at the target's cells from the positions that predict an answer's digits")
     ap.add_argument("--look-weight", type=float, default=1.0, help="weight of the look loss (default 1)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-every", type=int, default=100)
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if a.steps is None and a.time_budget_min is None:
-        print("error: give --steps or --time-budget-min", file=sys.stderr)
+    a = finish_cli(ap, argv)
+    if a is None:
         return 2
     try:
         look = parse_look(a.look)

@@ -240,6 +240,37 @@ class WordHead(torch.nn.Module):
         return self.scale * (t @ self.words.T) + self.bias
 
 
+def log_row(log_file: Path | None, row: dict) -> None:
+    """Append one logged row to a JSONL log (nothing when there is no log file)."""
+    if log_file:
+        with open(log_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def head_then_cosine(s: int, head_steps: int, warmup: int, lr: float, done: float) -> float:
+    """The learning rate at step `s` of an auxiliary stage: 0 while the heads fit alone, then a linear warm-up and a
+    cosine to 0.1x over `done` (the fraction of the run spent, 0..1)."""
+    if s < head_steps:
+        return 0.0
+    s -= head_steps
+    if s < warmup:
+        return lr * (s + 1) / warmup
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+
+
+def finish_cli(ap: argparse.ArgumentParser, argv) -> argparse.Namespace | None:
+    """Add --seed and --eval-every, parse, set up logging; None (after a one-line error) without a step or time
+    budget."""
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=100)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if a.steps is None and a.time_budget_min is None:
+        print("error: give --steps or --time-budget-min", file=sys.stderr)
+        return None
+    return a
+
+
 def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_min: float | None, batch: int = 8,
           lr: float = 3e-4, warmup: int = 20, anchor: float = 4.0, seed: int = 0, eval_every: int = 100,
           head_steps: int = 100, head_lr: float = 3e-3, glyph_slots: int = 0, element_names: bool = False,
@@ -291,12 +322,7 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
         return min(1.0, done)
 
     def lr_at(s):
-        if s < head_steps:
-            return 0.0
-        s -= head_steps
-        if s < warmup:
-            return lr * (s + 1) / warmup
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress(s))))
+        return head_then_cosine(s, head_steps, warmup, lr, progress(max(s - head_steps, 0)))
 
     @torch.no_grad()
     def evaluate():
@@ -389,16 +415,12 @@ def train(vlm, train_scenes, heldout_scenes, *, steps: int | None, time_budget_m
                    **evaluate()}
             rows.append(row)
             log.info("%s", row)
-            if log_file:
-                with open(log_file, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            log_row(log_file, row)
     bar.close()
     if not rows or rows[-1]["step"] != step:
         row = {"step": step, "elapsed_s": round(time.monotonic() - t0, 1), **evaluate()}
         rows.append(row)
-        if log_file:
-            with open(log_file, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        log_row(log_file, row)
     tower.eval().requires_grad_(False)
     return rows
 
@@ -440,12 +462,8 @@ def main(argv=None) -> int:
     ap.add_argument("--anchor-scenes", choices=("all", "grounding"), default="all",
                     help="whose tokens the anchor holds: every scene's (the default) or only the grounding scenes' "
                          "(text and GUI tokens free to move, the shapes' tokens the language model reads held)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-every", type=int, default=100)
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if a.steps is None and a.time_budget_min is None:
-        print("error: give --steps or --time-budget-min", file=sys.stderr)
+    a = finish_cli(ap, argv)
+    if a is None:
         return 2
     try:
         train_scenes = [s for d in a.data for s in scenes(d) if text_px(s[2]) >= a.min_text_px]
