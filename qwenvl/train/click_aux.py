@@ -221,7 +221,8 @@ def train(vlm, data, held, *, layer: int, steps: int | None, time_budget_min: fl
     log_row(log_file, first)
     order = list(range(len(data)))
     head_order = list(range(len(head_data))) if head_data is not None else order
-    rng.shuffle(head_order)
+    if head_data is not None:
+        rng.shuffle(head_order)
     bar = tqdm(total=steps, desc="click aux", file=sys.stderr, dynamic_ncols=True, mininterval=30)
     vlm.model.train()
     while step < total and (budget_s is None or time.monotonic() - t0 < budget_s):
