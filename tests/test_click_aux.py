@@ -126,3 +126,27 @@ def test_a_layer_the_model_lacks_is_named(tmp_path, capsys):
     assert main(["-m", str(ckpt), "--data", f, "--heldout", f, "--out", str(tmp_path / "o"), "--steps", "1",
                  "--look", "2:9"]) == 2
     assert "--look 2:9" in capsys.readouterr().err
+
+
+def test_the_look_loss_can_be_kept_to_some_tasks(tmp_path):
+    import qwenvl
+    from qwenvl.tiny import make_random_checkpoint
+    from qwenvl.train.click_aux import Finder, batch_losses, digit_ids
+    from qwenvl.train.data import SFTData
+
+    vlm = qwenvl.load(make_random_checkpoint(tmp_path / "ckpt"), dtype=torch.float32, pack=False)
+    build_dataset(tmp_path / "p", n_per_task={"point": 2}, split="train", seed=16)
+    build_dataset(tmp_path / "c", n_per_task={"computer_use": 2}, split="train", seed=17)
+    data = SFTData([str(tmp_path / "p" / "train.jsonl"), str(tmp_path / "c" / "train.jsonl")], vlm.processor)
+    head = Finder(vlm.config.text.hidden_size)
+    digits = digit_ids(vlm.tokenizer, vlm.config.text.vocab_size)
+    look = {2: [0, 1]}
+    with torch.no_grad():
+        every = batch_losses(vlm, head, data, [0, 1, 2, 3], 2, look, digits)
+        clicks = batch_losses(vlm, head, data, [0, 1, 2, 3], 2, look, digits, {"computer_use"})
+        points = batch_losses(vlm, head, data, [0, 1], 2, look, digits)
+        none = batch_losses(vlm, head, data, [0, 1], 2, look, digits, {"computer_use"})
+    assert points["n_look"] > 0 and none["n_look"] == 0 and float(none["look"]) == 0.0
+    assert every["n_look"] == clicks["n_look"] + points["n_look"]
+    assert abs(float(every["look"]) - float(clicks["look"]) - float(points["look"])) < 1e-3
+    assert every["n_find"] == clicks["n_find"] == 4  # the finder still reads every record with a target

@@ -103,10 +103,10 @@ def look_loss(attn, x, cos, sin, qpos, kpos, tgt, heads: list[int]) -> tuple[tor
 
 
 def batch_losses(vlm, head, data, idx: list[int], layer: int, look: dict | None = None,
-                 digits: torch.Tensor | None = None) -> dict:
+                 digits: torch.Tensor | None = None, look_tasks: set[str] | None = None) -> dict:
     """Losses of records `idx` packed into one sequence: answer (sum, tokens), finder (sum, screenshots with a
     target, hits) and, with `look` ({decoder layer (1-based): [heads]}), the look loss at the positions that predict
-    an answer's digits (sum, terms, target share)."""
+    an answer's digits (sum, terms, target share), on records whose task is in `look_tasks` (None: all)."""
     samples = [data[i] for i in idx]
     metas = [data.record(i).get("meta", {}) for i in idx]
     b = collate(samples)
@@ -144,7 +144,7 @@ def batch_losses(vlm, head, data, idx: list[int], layer: int, look: dict | None 
         out["find"] = out["find"] + set_loss(scores, tgt)
         out["n_find"] += 1
         out["hits"] += int(int(scores.argmax()) in tgt)
-        if look:
+        if look and (look_tasks is None or meta.get("task") in look_tasks):
             qpos = is_digit[a:z].nonzero().view(-1) + a
             if len(qpos):
                 for li, heads in look.items():
@@ -159,13 +159,15 @@ def batch_losses(vlm, head, data, idx: list[int], layer: int, look: dict | None 
 def train(vlm, data, held, *, layer: int, steps: int | None, time_budget_min: float | None, batch: int = 8,
           lr: float = 2e-4, head_lr: float = 3e-3, warmup: int = 20, head_steps: int = 50, aux: float = 1.0,
           seed: int = 0, eval_every: int = 100, autocast: bool = True, head_data=None, freeze_head: bool = False,
-          look: dict | None = None, look_weight: float = 1.0, log_file: Path | None = None) -> list[dict]:
+          look: dict | None = None, look_weight: float = 1.0, look_tasks: set[str] | None = None,
+          log_file: Path | None = None) -> list[dict]:
     """Train the language model (embeddings, decoder, lm_head) in place; the towers stay as they are. `held`:
     [(name, records)] scored every `eval_every` steps. `head_data`: the records the first `head_steps` (the finder
     alone) draw from instead of `data`; `freeze_head`: the finder stays as those steps left it, so the language
     model must write its mark in the direction the head learnt there (the referent's, when `head_data` holds
     refer / point records the model already answers). `look` ({decoder layer: [heads]}): those heads, at the
-    positions that predict an answer's digits, are taught to look at the target's cells (weight `look_weight`)."""
+    positions that predict an answer's digits, are taught to look at the target's cells (weight `look_weight`), on
+    the records whose task is in `look_tasks` (None: every record with a target)."""
     n_layers, n_heads = len(vlm.model.model.layers), vlm.config.text.num_attention_heads
     for li, hs in (look or {}).items():
         if not 1 <= li <= n_layers or not all(0 <= h < n_heads for h in hs):
@@ -234,7 +236,7 @@ def train(vlm, data, held, *, layer: int, steps: int | None, time_budget_min: fl
         lm_on = step >= head_steps
         opt.param_groups[0]["lr"] = lr_at(step)
         with amp():
-            o = batch_losses(vlm, head, src, idx, layer, look, digits)
+            o = batch_losses(vlm, head, src, idx, layer, look, digits, look_tasks)
         a, na, f, n = o["answer"], o["n_answer"], o["find"], o["n_find"]
         loss = a / max(na, 1) + aux * f / max(n, 1)
         if look and lm_on:
@@ -296,6 +298,9 @@ def main(argv=None) -> int:
                     help="teach these attention heads (e.g. 3:1,3,4 = decoder layer 3, heads 1, 3 and 4; repeatable) "
                          "to look at the target's cells from the positions that predict an answer's digits")
     ap.add_argument("--look-weight", type=float, default=1.0, help="weight of the look loss (default 1)")
+    ap.add_argument("--look-task", action="append", default=None, metavar="TASK",
+                    help="apply the look loss only to records of this task (repeatable, e.g. computer_use; default: "
+                         "every record with a target, refer and point included)")
     a = finish_cli(ap, argv)
     if a is None:
         return 2
@@ -314,7 +319,8 @@ def main(argv=None) -> int:
         rows = train(vlm, data, held, layer=a.layer, steps=a.steps, time_budget_min=a.time_budget_min,
                      batch=a.batch, lr=a.lr, aux=a.aux, head_steps=a.head_steps, seed=a.seed,
                      eval_every=a.eval_every, head_data=head_data, freeze_head=a.freeze_head, look=look,
-                     look_weight=a.look_weight, log_file=out / "click_aux.jsonl")
+                     look_weight=a.look_weight, look_tasks=set(a.look_task) if a.look_task else None,
+                     log_file=out / "click_aux.jsonl")
         vlm.save(out)
         print(json.dumps(rows[-1]), flush=True)
     except (OSError, ValueError, KeyError) as e:
