@@ -10,11 +10,15 @@
 #       positions that predict the click's digits, BUDGET_F4 (24) min
 #   F5  F4 with Z's whole mix (the TX files of scripts/click_names.sh) beside the clicks, the frozen finder and the
 #       look loss, so the other tasks come back, BUDGET_F5 (30) min
+#   G8  F5 on the same data with the look loss on the clicks only (--look-task computer_use: the pointing heads
+#       stay free for refer / point), lr 1e-4, BUDGET_G8 (40) min
+#   G9  G8 with more refer / point (data/s224 and data/g1 twice), lr 7e-5, BUDGET_G9 (35) min
 #
 #   bash scripts/click_finder.sh runs/click          # needs runs/click/k3/export (L3) and the click data of
-#                                                    # scripts/click_names.sh; 2 CPU cores: about 110 minutes
-# Settings (environment): FROM (runs/click/k3/export), DATA (runs/embedded/data), BUDGET_F1, BUDGET_F3, BUDGET_F4, BUDGET_F5 (a
-# budget of 0 skips that stage), PYTHON. A stage whose model directory exists is skipped.
+#                                                    # scripts/click_names.sh; 2 CPU cores: about 190 minutes
+# Settings (environment): FROM (runs/click/k3/export), DATA (runs/embedded/data), BUDGET_F1, BUDGET_F3, BUDGET_F4,
+# BUDGET_F5, BUDGET_G8, BUDGET_G9 (a budget of 0 skips that stage), PYTHON. A stage whose model directory exists is
+# skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/click}
@@ -46,3 +50,13 @@ TX=()
 for f in rt0 st0 rt1 v0 v1 u0 u1 d01 g0 g1 o0 o1 t0 t1 s224 v2 v3; do TX+=(--data "$D/$f/train.jsonl"); done
 stage f5 "${BUDGET_F5:-30}" "$OUT/f4" "${TX[@]}" --head-data "$D/s224/train.jsonl" --freeze-head \
   --look 3:1,3,4 --look 4:0,2,3,4 --head-steps 100 --eval-every 200 --seed 3
+# G8, G9 list the data files as they ran: the mix first, then the clicks
+mixed() {  # NAME BUDGET FROM [click_aux args]
+  local name=$1 budget=$2 from=$3; shift 3
+  [ "$budget" = 0 ] || [ -f "$OUT/$name/config.json" ] || \
+    $PY -m qwenvl.train.click_aux -m "$from" "${TX[@]}" "${CLICKS[@]}" --head-data "$D/s224/train.jsonl" --freeze-head \
+      --look 3:1,3,4 --look 4:0,2,3,4 --look-task computer_use "$@" "${HELD[@]}" --out "$OUT/$name" \
+      --time-budget-min "$budget" --head-steps 100 --eval-every 200
+}
+mixed g8 "${BUDGET_G8:-40}" "$OUT/f5" --lr 1e-4 --seed 6
+mixed g9 "${BUDGET_G9:-35}" "$OUT/g8" --lr 7e-5 --data "$D/s224/train.jsonl" --data "$D/g1/train.jsonl" --seed 7
