@@ -13,11 +13,12 @@
 #   G8  F5 on the same data with the look loss on the clicks only (--look-task computer_use: the pointing heads
 #       stay free for refer / point), lr 1e-4, BUDGET_G8 (40) min
 #   G9  G8 with more refer / point (data/s224 and data/g1 twice), lr 7e-5, BUDGET_G9 (35) min
+#   G10 G9 with s224, g0 and g1 three times, lr 5e-5, BUDGET_G10 (15) min: the next model to ship
 #
 #   bash scripts/click_finder.sh runs/click          # needs runs/click/k3/export (L3) and the click data of
-#                                                    # scripts/click_names.sh; 2 CPU cores: about 190 minutes
+#                                                    # scripts/click_names.sh; 2 CPU cores: about 210 minutes
 # Settings (environment): FROM (runs/click/k3/export), DATA (runs/embedded/data), BUDGET_F1, BUDGET_F3, BUDGET_F4,
-# BUDGET_F5, BUDGET_G8, BUDGET_G9 (a budget of 0 skips that stage), PYTHON. A stage whose model directory exists is
+# BUDGET_F5, BUDGET_G8, BUDGET_G9, BUDGET_G10 (a budget of 0 skips that stage), PYTHON. A stage whose model directory exists is
 # skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,3 +61,5 @@ mixed() {  # NAME BUDGET FROM [click_aux args]
 }
 mixed g8 "${BUDGET_G8:-40}" "$OUT/f5" --lr 1e-4 --seed 6
 mixed g9 "${BUDGET_G9:-35}" "$OUT/g8" --lr 7e-5 --data "$D/s224/train.jsonl" --data "$D/g1/train.jsonl" --seed 7
+S=(--data "$D/s224/train.jsonl" --data "$D/g0/train.jsonl" --data "$D/g1/train.jsonl")
+mixed g10 "${BUDGET_G10:-15}" "$OUT/g9" --lr 5e-5 "${S[@]}" "${S[@]}" --seed 8
