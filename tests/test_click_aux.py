@@ -104,7 +104,7 @@ def test_the_finder_can_learn_on_pointing_records_first_and_stay_frozen(tmp_path
     p, c = str(tmp_path / "p" / "train.jsonl"), str(tmp_path / "c" / "train.jsonl")
     rc = main(["-m", str(ckpt), "--head-data", p, "--freeze-head", "--data", c, "--heldout", p, "--heldout", c,
                "--out", str(tmp_path / "o"), "--steps", "3", "--head-steps", "2", "--batch", "4", "--eval-every", "3",
-               "--look", "2:0,1"])
+               "--look", "2:0,1", "--look-task", "computer_use"])
     assert rc == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # both held-out files scored on their own: the pointing records have targets too, and the look share is
@@ -126,6 +126,10 @@ def test_a_layer_the_model_lacks_is_named(tmp_path, capsys):
     assert main(["-m", str(ckpt), "--data", f, "--heldout", f, "--out", str(tmp_path / "o"), "--steps", "1",
                  "--look", "2:9"]) == 2
     assert "--look 2:9" in capsys.readouterr().err
+    assert main(["-m", str(ckpt), "--data", f, "--heldout", f, "--out", str(tmp_path / "o"), "--steps", "1",
+                 "--look", "2:0", "--look-task", "computer-use"]) == 2
+    err = capsys.readouterr().err
+    assert "--look-task computer-use" in err and "computer_use" in err
 
 
 def test_the_look_loss_can_be_kept_to_some_tasks(tmp_path):

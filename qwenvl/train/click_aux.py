@@ -309,6 +309,11 @@ def main(argv=None) -> int:
         vlm = qwenvl.load(a.model, dtype=torch.float32, pack=False)
         data = SFTData(a.data, vlm.processor)
         head_data = SFTData(a.head_data, vlm.processor) if a.head_data else None
+        tasks = {data.record(i).get("meta", {}).get("task") for i in range(len(data))}
+        for t in a.look_task or []:
+            if t not in tasks:
+                raise ValueError(f"--look-task {t}: no --data record has this task; use one of "
+                                 f"{', '.join(sorted(x for x in tasks if x))}")
         held = []
         for h in a.heldout:  # each file scored on its own, named by its folder ("gu/heldout.jsonl" -> gu)
             d = SFTData([h], vlm.processor)
